@@ -1,0 +1,1 @@
+"""Storyloom desktop app (PySide6). Talks to the engine only through `storyloom.studio.Studio`."""

@@ -1,0 +1,1 @@
+"""Widgets. Views show state and emit requests as signals; they never run model work themselves."""
