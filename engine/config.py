@@ -30,10 +30,19 @@ class EngineConfig:
         device = str(self.device)
         base = device.split(":", 1)[0]
         if base not in DEVICES:
-            raise ValueError(f"device: unknown device '{device}'; use one of {', '.join(DEVICES)} (or cuda:N)")
+            raise ValueError(
+                f"device: unknown device '{device}'; use one of {', '.join(DEVICES)} (or cuda:N)"
+            )
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization: '{self.quantization}' is not one of {', '.join(QUANTIZATIONS)}")
-        for name in ("max_batch_size", "max_seq_len", "max_loras", "max_lora_rank", "max_cpu_loras", "max_queue"):
+        for name in (
+            "max_batch_size",
+            "max_seq_len",
+            "max_loras",
+            "max_lora_rank",
+            "max_cpu_loras",
+            "max_queue",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_seq_len < 2:

@@ -1,0 +1,333 @@
+"""The engine: one thread owns the device; any thread submits requests and receives text deltas."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+
+from engine.config import EngineConfig, ModelFootprint, SamplingParams
+from engine.device import compute_dtype, kernels_available, resolve_device
+from engine.errors import EngineClosedError, InvalidRequestError, QueueFullError
+from engine.handle import GenerationResult, RequestHandle
+from engine.kv_cache import KVCache
+from engine.loader import load_model
+from engine.lora.registry import AdapterRegistry
+from engine.model_config import LlamaArgs
+from engine.model_runner import ModelRunner
+from engine.sampling import RowSampler, sample
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from engine.stats import EngineStats, StatsRecorder
+from engine.tokenizer import IncrementalDetokenizer, Prompt, PromptEncoder
+
+log = logging.getLogger(__name__)
+
+Sampling = SamplingParams | Seq[SamplingParams] | None
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = compute_dtype(self.device)
+        folder = config.model
+        self.model = load_model(
+            folder,
+            self.device,
+            self.dtype,
+            config.quantization,
+            config.max_seq_len,
+            kernels_available(self.device),
+        )
+        self.args: LlamaArgs = self.model.args
+        self.encoder = PromptEncoder(folder, self.args)
+        a = self.args
+        self.cache = KVCache(
+            a.num_layers,
+            config.max_batch_size,
+            a.num_kv_heads,
+            config.max_seq_len,
+            a.head_dim,
+            self.device,
+            self.dtype,
+        )
+        self.adapters = AdapterRegistry(
+            self.model, config, self.device, self.dtype, self.run_on_engine_thread
+        )
+        self.runner = ModelRunner(
+            self.model, self.cache, self.device, config.cuda_graphs, self.adapters.version
+        )
+        self.scheduler = Scheduler(config.max_batch_size)
+        self._stats = StatsRecorder()
+        self._cv = threading.Condition()
+        self._incoming: list[list[Sequence]] = []
+        self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="storyloom-engine", daemon=True)
+        self._thread.start()
+
+    # ---- public API -------------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model.name
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self.encoder.encode(prompt))
+
+    def submit(
+        self, prompt: Prompt, sampling: SamplingParams | None = None, adapter: str | None = None
+    ) -> RequestHandle:
+        return self.submit_batch([prompt], sampling, [adapter])[0]
+
+    def submit_batch(
+        self, prompts: Seq[Prompt], sampling: Sampling = None, adapters: Seq[str | None] | None = None
+    ) -> list[RequestHandle]:
+        """Submits prompts that are admitted together, so they prefill in one step and decode in the same batch."""
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        prompts = list(prompts)
+        params = self._per_prompt(sampling, len(prompts))
+        names = list(adapters) if adapters is not None else [None] * len(prompts)
+        if len(names) != len(prompts):
+            raise InvalidRequestError(f"adapters: got {len(names)} entries for {len(prompts)} prompts")
+        encoded = [self._encode(p, i, len(prompts)) for i, p in enumerate(prompts)]
+        with self._cv:
+            pending = sum(len(g) for g in self._incoming) + self.scheduler.num_waiting
+            if pending + len(prompts) > self.config.max_queue:
+                raise QueueFullError(
+                    f"{pending} requests are already waiting (limit {self.config.max_queue})"
+                )
+        self.adapters.retain(names)
+        seqs = [self._sequence(ids, p, name) for ids, p, name in zip(encoded, params, names, strict=True)]
+        step = self.config.max_batch_size
+        with self._cv:
+            self._incoming += [seqs[i : i + step] for i in range(0, len(seqs), step)]
+            self._cv.notify()
+        return [s.handle for s in seqs]
+
+    def generate(
+        self, prompts: Seq[Prompt], sampling: Sampling = None, adapters: Seq[str | None] | None = None
+    ) -> list[GenerationResult]:
+        return [h.result() for h in self.submit_batch(prompts, sampling, adapters)]
+
+    def fan_out(
+        self, prompt: Prompt, sampling: SamplingParams | None = None, adapters: Seq[str | None] = (None,)
+    ) -> list[GenerationResult]:
+        """One prompt through several adapters (None = the base) in one batch; one result per adapter."""
+        return self.generate([prompt] * len(adapters), sampling, list(adapters))
+
+    def stats(self) -> EngineStats:
+        with self._cv:
+            waiting = sum(len(g) for g in self._incoming) + self.scheduler.num_waiting
+        return self._stats.snapshot(len(self.scheduler.running), waiting)
+
+    def footprint(self) -> ModelFootprint:
+        weights = sum(b.numel() * b.element_size() for b in self.model.buffers())
+        if self.model.lm_head.data_ptr() == self.model.embed.data_ptr():
+            weights -= self.model.lm_head.numel() * self.model.lm_head.element_size()
+        return ModelFootprint(
+            weights - self.adapters.slots_nbytes(), self.cache.nbytes(), self.adapters.slots_nbytes()
+        )
+
+    def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
+        """Runs fn on the engine thread (between steps) and returns its future. Inline if called from it."""
+        future: Future = Future()
+        if threading.current_thread() is self._thread:
+            self._run_job(fn, future)
+            return future
+        with self._cv:
+            if self._closed:
+                raise EngineClosedError("the engine is closed")
+            self._jobs.append((fn, future))
+            self._cv.notify()
+        return future
+
+    def step_between(self) -> None:
+        """Called by long jobs on the engine thread (e.g. each denoising step) so LLM requests keep moving."""
+        assert threading.current_thread() is self._thread, "step_between runs on the engine thread only"
+        self._absorb_incoming()
+        if self.scheduler.running or self.scheduler.waiting:
+            self.step()
+
+    def close(self) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- engine thread -----------------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        self._reap_cancelled()
+        admitted = self.scheduler.schedule(self.adapters.acquire)
+        if admitted:
+            self._prefill(admitted)
+        if self.scheduler.running:
+            self._decode()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._closed or self._incoming or self._jobs or self.scheduler.running):
+                    if self.scheduler.waiting:
+                        self._cv.wait(timeout=0.05)
+                        break
+                    self._cv.wait()
+                if self._closed:
+                    break
+            self._absorb_incoming()
+            self._run_jobs()
+            try:
+                self.step()
+            except Exception:  # a failed step ends its requests (done inside); never the engine
+                log.exception("engine step failed")
+        self._shutdown()
+
+    def _absorb_incoming(self) -> None:
+        with self._cv:
+            incoming, self._incoming = self._incoming, []
+        for group in incoming:
+            self.scheduler.add(group)
+
+    def _run_jobs(self) -> None:
+        while True:
+            with self._cv:
+                if not self._jobs:
+                    return
+                fn, future = self._jobs.popleft()
+            self._run_job(fn, future)
+
+    @staticmethod
+    def _run_job(fn: Callable[[], Any], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as e:  # handed to the caller through the future
+            future.set_exception(e)
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            try:
+                token = int(sample(self.runner.prefill(seq), [seq.sampler])[0])
+            except Exception as e:
+                log.exception("prefill of request %d failed", seq.request_id)
+                self._finish(seq, "error", f"prefill failed: {e}")
+                continue
+            seq.append(token, self.encoder.eos_ids)
+            if seq.finish_reason:
+                self._finish(seq)
+        self._stats.record("prefill", [s.request_id for s in seqs], [s.adapter for s in seqs], len(seqs))
+
+    def _decode(self) -> None:
+        rows = [self.scheduler.running.get(i) for i in range(self.scheduler.decode_rows())]
+        live = [s for s in rows if s is not None]
+        try:
+            logits = self.runner.decode(rows)
+            index = torch.tensor([i for i, s in enumerate(rows) if s is not None], device=logits.device)
+            tokens = sample(logits.index_select(0, index), [s.sampler for s in live]).tolist()
+        except Exception as e:
+            log.exception("decode step failed")
+            for seq in live:
+                self._finish(seq, "error", f"decode failed: {e}")
+            return
+        self._stats.record("decode", [s.request_id for s in live], [s.adapter for s in live], len(live))
+        for seq, token in zip(live, tokens, strict=True):
+            seq.append(token, self.encoder.eos_ids)
+            if seq.finish_reason:
+                self._finish(seq)
+
+    def _reap_cancelled(self) -> None:
+        for seq in self.scheduler.remove_waiting(lambda s: s.handle.cancel_requested):
+            self._finish(seq, "cancelled")
+        for seq in [s for s in self.scheduler.running.values() if s.handle.cancel_requested]:
+            self._finish(seq, "cancelled")
+
+    def _finish(self, seq: Sequence, reason: str | None = None, error: str | None = None) -> None:
+        admitted = seq.slot >= 0
+        if admitted:
+            self.scheduler.release(seq)
+        self.adapters.release(seq.adapter, admitted)
+        seq.finish(reason, error)
+        self._stats.record_finished()
+
+    def _shutdown(self) -> None:
+        self._absorb_incoming()
+        for seq in self.scheduler.remove_waiting(lambda s: True) + list(self.scheduler.running.values()):
+            self._finish(seq, "cancelled")
+        with self._cv:
+            jobs, self._jobs = list(self._jobs), deque()
+        for _, future in jobs:
+            future.cancel()
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+
+    def _per_prompt(self, sampling: Sampling, n: int) -> list[SamplingParams]:
+        if sampling is None:
+            return [SamplingParams()] * n
+        if isinstance(sampling, SamplingParams):
+            return [sampling] * n
+        params = list(sampling)
+        if len(params) != n:
+            raise InvalidRequestError(f"sampling: got {len(params)} SamplingParams for {n} prompts")
+        return params
+
+    def _encode(self, prompt: Prompt, index: int, count: int) -> list[int]:
+        where = f"prompt {index}" if count > 1 else "prompt"
+        try:
+            ids = self.encoder.encode(prompt)
+        except InvalidRequestError as e:
+            raise InvalidRequestError(f"{where}: {e}") from e
+        limit = self.config.max_seq_len - 1
+        if not ids:
+            raise InvalidRequestError(f"{where}: empty prompt")
+        if len(ids) > limit:
+            raise InvalidRequestError(
+                f"{where}: {len(ids)} tokens is longer than the limit of {limit} tokens (max_seq_len {limit + 1} minus 1)"
+            )
+        return ids
+
+    def _sequence(self, ids: list[int], params: SamplingParams, adapter: str | None) -> Sequence:
+        request_id = next(self._ids)
+        handle = RequestHandle(request_id, adapter, self._wake)
+        return Sequence(
+            request_id=request_id,
+            prompt_ids=ids,
+            sampling=params,
+            adapter=adapter,
+            handle=handle,
+            detok=IncrementalDetokenizer(self.tokenizer),
+            sampler=RowSampler(params, ids, self.args.vocab_size, self.device),
+            max_seq_len=self.config.max_seq_len,
+        )
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()

@@ -1,0 +1,138 @@
+"""Fast kernels for the decode hot path: NF4 small-M matmul and multi-LoRA shrink/expand.
+
+Every function runs Triton kernels for CUDA tensors and the plain-torch reference on any other device.
+NF4 weights are bitsandbytes' packed layout (`quantize_4bit(W [N, K], quant_type="nf4", blocksize=64,
+compress_statistics=False)`): qweight uint8, absmax fp32 [N*K/64], code fp32 [16].
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from engine.kernels.lora_reference import (
+    check_lora_args,
+    lora_expand_reference,
+    lora_reference,
+    lora_shrink_reference,
+)
+from engine.kernels.nf4_reference import check_nf4_args, nf4_dequantize_reference, nf4_matmul_reference
+
+__all__ = [
+    "LoraExpand",
+    "lora_expand",
+    "lora_reference",
+    "lora_shrink",
+    "lora_shrink_expand",
+    "nf4_dequantize",
+    "nf4_dequantize_reference",
+    "nf4_matmul",
+    "nf4_matmul_reference",
+    "triton_available",
+]
+
+
+class LoraExpand(NamedTuple):
+    """The expand half of LoRA, fused into `nf4_matmul`'s epilogue: t is `lora_shrink`'s output."""
+
+    t: torch.Tensor  # [M, splits, R] fp32
+    slot_ids: torch.Tensor  # [M] int32, -1 = no adapter
+    b_stack: torch.Tensor  # [S, N, R] fp16
+    scales: torch.Tensor  # [S] fp32
+    ranks: torch.Tensor  # [S] int32
+
+
+def triton_available() -> bool:
+    """True when CUDA and Triton are both usable here."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
+def nf4_matmul(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    blocksize: int = 64,
+    lora: LoraExpand | None = None,
+) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W^T (+ the fused LoRA expand). CUDA: fp16 x, one pass over the weight bytes."""
+    n, k = out_features, in_features
+    check_nf4_args(qweight, absmax, code, n, k, blocksize)
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x: expected [M, {k}], got {list(x.shape)}")
+    if not _use_triton(x):
+        y = nf4_matmul_reference(x, qweight, absmax, code, n, k, blocksize)
+        return y if lora is None else lora_expand_reference(*lora, y)
+    if x.dtype != torch.float16 or k % blocksize:
+        raise ValueError(f"x: the CUDA kernel takes fp16 x and K % {blocksize} == 0, got {x.dtype}, K={k}")
+    from engine.kernels.nf4_triton import nf4_matmul_triton
+
+    return nf4_matmul_triton(x.contiguous(), qweight, absmax, code, n, k, blocksize, lora=lora)
+
+
+def nf4_dequantize(
+    qweight: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, out_features: int, in_features: int,
+    blocksize: int = 64,
+) -> torch.Tensor:  # fmt: skip
+    """fp16 [N, K] weight, bit-identical to bitsandbytes' dequantize_4bit."""
+    check_nf4_args(qweight, absmax, code, out_features, in_features, blocksize)
+    if not _use_triton(qweight) or (out_features * in_features) % blocksize:
+        return nf4_dequantize_reference(qweight, absmax, code, out_features, in_features, blocksize)
+    from engine.kernels.nf4_triton import nf4_dequantize_triton
+
+    return nf4_dequantize_triton(qweight, absmax, code, out_features, in_features, blocksize)
+
+
+def lora_shrink(
+    x: torch.Tensor, slot_ids: torch.Tensor, a_stack: torch.Tensor, ranks: torch.Tensor
+) -> torch.Tensor:
+    """t: [M, splits, R] fp32 partial sums of x @ A_s^T over K splits (sum over dim 1 gives x @ A_s^T)."""
+    if not _use_triton(x):
+        return lora_shrink_reference(x, slot_ids, a_stack, ranks)
+    from engine.kernels.lora_triton import lora_shrink_triton
+
+    return lora_shrink_triton(x.contiguous(), slot_ids, a_stack, ranks)
+
+
+def lora_expand(
+    t: torch.Tensor,
+    slot_ids: torch.Tensor,
+    b_stack: torch.Tensor,
+    scales: torch.Tensor,
+    ranks: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """y += scale_s * t @ B_s^T in place (y may be a column slice of a wider buffer); returns y."""
+    if not _use_triton(y):
+        return lora_expand_reference(t, slot_ids, b_stack, scales, ranks, y)
+    from engine.kernels.lora_triton import lora_expand_triton
+
+    return lora_expand_triton(t, slot_ids, b_stack, scales, ranks, y)
+
+
+def lora_shrink_expand(
+    x: torch.Tensor,
+    slot_ids: torch.Tensor,
+    a_stack: torch.Tensor,
+    b_stack: torch.Tensor,
+    scales: torch.Tensor,
+    ranks: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """y += scale_s * (x @ A_s^T) @ B_s^T per row, s = slot_ids[row] (-1 adds nothing); returns y."""
+    check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y)
+    t = lora_shrink(x, slot_ids, a_stack, ranks)
+    return lora_expand(t, slot_ids, b_stack, scales, ranks, y)

@@ -1,0 +1,60 @@
+"""Launch configurations for the NF4 matmul kernel: tuned per Llama-3-8B shape on the GPU, else a heuristic.
+
+The tuned table comes from `bench/bench_kernels.py --sweep` (see docs/KERNELS.md for the measurements).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_SMALL_M = 16
+
+
+@dataclass(frozen=True)
+class Nf4Config:
+    """One launch shape. `use_dot` multiplies on tensor cores (block_m must be >= 16); otherwise FMAs."""
+
+    block_m: int = 16
+    block_n: int = 32
+    block_k: int = 256
+    split_k: int = 1
+    use_dot: bool = True
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "block_k", "num_warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{name}: must be a power of two, got {value}")
+        if self.split_k < 1 or self.num_stages < 1:
+            raise ValueError(f"split_k and num_stages: must be >= 1, got {self.split_k}, {self.num_stages}")
+        if self.use_dot and (self.block_m < 16 or self.block_n < 16 or self.block_k < 16):
+            raise ValueError("use_dot: block_m, block_n and block_k must each be >= 16 for tensor cores")
+
+
+def m_bucket(m: int) -> int:
+    """The tuned-table key for a batch of m rows: the next power of two up to 16, else 0 (large M)."""
+    if m > MAX_SMALL_M:
+        return 0
+    return 1 << (m - 1).bit_length()
+
+
+# (N, K, m_bucket) -> config, measured on an H100 (docs/KERNELS.md).
+TUNED: dict[tuple[int, int, int], Nf4Config] = {}
+
+
+def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int) -> Nf4Config:
+    """The tuned config for this shape when there is one, else a split-K heuristic that fills the GPU."""
+    tuned = TUNED.get((n, k, m_bucket(m)))
+    if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and tuned.block_k % blocksize == 0:
+        return tuned
+    block_k = max(blocksize, 256 if k % 256 == 0 else blocksize)
+    if m > MAX_SMALL_M:
+        return Nf4Config(block_m=64, block_n=64, block_k=block_k, num_warps=8)
+    block_n = 32
+    n_tiles = -(-n // block_n)
+    split_k = 1
+    while n_tiles * split_k < 2 * num_sms and k % (2 * split_k * block_k) == 0 and split_k < 8:
+        split_k *= 2
+    return Nf4Config(block_n=block_n, block_k=block_k, split_k=split_k)

@@ -1,0 +1,128 @@
+"""Owns the model and its KV cache on the device: prefill, decode (CUDA graphs per shape bucket), sampling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from engine.kv_cache import KVCache
+from engine.lora.context import LoraRouting, set_routing
+from engine.model import ForwardMeta, LlamaModel
+from engine.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def batch_bucket(n: int, max_rows: int) -> int:
+    b = 1
+    while b < n:
+        b *= 2
+    return min(b, max_rows)
+
+
+@dataclass
+class DecodeGraph:
+    graph: torch.cuda.CUDAGraph
+    tokens: torch.Tensor  # [n]
+    positions: torch.Tensor  # [n]
+    lora_slots: torch.Tensor  # [n]
+    logits: torch.Tensor  # [n, V]
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaModel,
+        cache: KVCache,
+        device: torch.device,
+        use_graphs: bool,
+        lora_version: Callable[[], int],
+    ) -> None:
+        self.model, self.cache, self.device = model, cache, device
+        self.use_graphs = use_graphs and device.type == "cuda"
+        self.kv_block = 256 if device.type == "cuda" else 64
+        self.lora_version = lora_version
+        self._graphs: dict[tuple, DecodeGraph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    @torch.inference_mode()
+    def prefill(self, seq: Sequence) -> torch.Tensor:
+        # -> logits of the last prompt token: [1, V]
+        tokens = torch.tensor(seq.prompt_ids, device=self.device)
+        meta = ForwardMeta(
+            positions=torch.arange(len(seq.prompt_ids), device=self.device), prefill_slot=seq.slot
+        )
+        set_routing(LoraRouting(uniform_slot=seq.lora_slot) if seq.lora_slot >= 0 else None)
+        try:
+            return self.model(tokens, meta, self.cache, last_only=True)
+        finally:
+            set_routing(None)
+
+    def _kv_len(self, max_position: int) -> int:
+        blocks = (max_position + 1 + self.kv_block - 1) // self.kv_block
+        return min(blocks * self.kv_block, self.cache.max_seq_len)
+
+    @torch.inference_mode()
+    def decode(self, rows: list[Sequence | None]) -> torch.Tensor:
+        # rows[i] is the sequence in slot i (None = hole); -> logits [n, V] for those rows
+        n = len(rows)
+        tokens = [s.output_ids[-1] if s else 0 for s in rows]
+        positions = [s.position if s else 0 for s in rows]
+        lora_slots = [s.lora_slot if s else -1 for s in rows]
+        kv_len = self._kv_len(max(positions))
+        use_lora = any(slot >= 0 for slot in lora_slots)
+        if self.use_graphs:
+            nb = batch_bucket(n, self.cache.num_slots)
+            pad = nb - n
+            inputs = (tokens + [0] * pad, positions + [0] * pad, lora_slots + [-1] * pad)
+            g = self._graph(nb, kv_len, use_lora, inputs)
+            for buf, values in zip((g.tokens, g.positions, g.lora_slots), inputs, strict=True):
+                buf.copy_(torch.tensor(values), non_blocking=True)
+            g.graph.replay()
+            return g.logits[:n]
+        t = torch.tensor(tokens, device=self.device)
+        p = torch.tensor(positions, device=self.device)
+        s = torch.tensor(lora_slots, device=self.device)
+        return self._decode_forward(t, p, s if use_lora else None, kv_len)
+
+    def _decode_forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, lora_slots: torch.Tensor | None, kv_len: int
+    ) -> torch.Tensor:
+        mask = (torch.arange(kv_len, device=self.device)[None] <= positions[:, None])[:, None, None, :]
+        set_routing(LoraRouting(token_slots=lora_slots) if lora_slots is not None else None)
+        try:
+            return self.model(
+                tokens, ForwardMeta(positions=positions, decode_mask=mask), self.cache, last_only=False
+            )
+        finally:
+            set_routing(None)
+
+    def _graph(self, n: int, kv_len: int, use_lora: bool, inputs: tuple[list[int], ...]) -> DecodeGraph:
+        """Captures on first use. The warm-up runs use this step's real inputs, so their cache writes are the
+        ones the step makes anyway and no live slot is disturbed."""
+        key = (n, kv_len, use_lora, self.lora_version() if use_lora else 0)
+        if key in self._graphs:
+            return self._graphs[key]
+        if use_lora:
+            stale = [k for k in self._graphs if k[2] and k[3] != key[3]]
+            for k in stale:
+                del self._graphs[k]
+        tokens, positions, lora_slots = (
+            torch.tensor(v, dtype=torch.long, device=self.device) for v in inputs
+        )
+        slots = lora_slots if use_lora else None
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._decode_forward(tokens, positions, slots, kv_len)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._decode_forward(tokens, positions, slots, kv_len)
+        log.debug("captured decode graph rows=%d kv_len=%d lora=%s", n, kv_len, use_lora)
+        self._graphs[key] = DecodeGraph(graph, tokens, positions, lora_slots, logits)
+        return self._graphs[key]

@@ -1,0 +1,89 @@
+"""Frozen base projections. NF4 weights are quantized on the target device while loading."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnbf
+import torch
+from torch import nn
+
+NF4_BLOCKSIZE = 64
+FAST_PATH_MAX_ROWS = 16
+
+
+class BaseLinear(nn.Module):
+    """y = x · Wᵀ for a frozen weight W: [out_features, in_features]."""
+
+    in_features: int
+    out_features: int
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+class DenseLinear(BaseLinear):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, K] -> [T, N]
+        return x @ self.weight.t()
+
+
+class NF4Linear(BaseLinear):
+    """bitsandbytes NF4 layout: packed uint8 codes (2 per byte), fp32 absmax per 64 weights, no nesting."""
+
+    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype, use_kernels: bool) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        packed, state = bnbf.quantize_4bit(
+            weight.contiguous(), blocksize=NF4_BLOCKSIZE, quant_type="nf4", compress_statistics=False
+        )
+        state.dtype = compute_dtype
+        self.register_buffer("qweight", packed, persistent=False)  # [N*K/2, 1] uint8
+        self.register_buffer("absmax", state.absmax, persistent=False)  # [N*K/64] fp32
+        self.register_buffer("code", state.code, persistent=False)  # [16] fp32
+        self.quant_state = state
+        self.compute_dtype = compute_dtype
+        self.use_kernels = use_kernels
+
+    def _apply(self, fn, recurse=True):  # keeps the bitsandbytes state on the buffers' device
+        super()._apply(fn, recurse)
+        self.quant_state.absmax = self.absmax
+        self.quant_state.code = self.code
+        return self
+
+    def dequantize(self) -> torch.Tensor:
+        # -> [N, K] in compute dtype
+        return bnbf.dequantize_4bit(self.qweight, self.quant_state).to(self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, K] -> [T, N]
+        if self.use_kernels:
+            from engine.kernels import nf4_dequantize, nf4_matmul
+
+            if x.shape[0] <= FAST_PATH_MAX_ROWS:
+                return nf4_matmul(
+                    x,
+                    self.qweight,
+                    self.absmax,
+                    self.code,
+                    self.out_features,
+                    self.in_features,
+                    NF4_BLOCKSIZE,
+                )
+            w = nf4_dequantize(self.qweight, self.absmax, self.code, self.out_features, self.in_features)
+            return x @ w.t()
+        return bnb.matmul_4bit(x, self.qweight.t(), quant_state=self.quant_state)
+
+
+def make_linear(
+    weight: torch.Tensor, quantization: str, device: torch.device, dtype: torch.dtype, use_kernels: bool
+) -> BaseLinear:
+    """Moves one fp weight to the device and quantizes it there; the fp copy is dropped at once."""
+    w = weight.to(device=device, dtype=dtype)
+    if quantization == "nf4":
+        return NF4Linear(w, compute_dtype=dtype, use_kernels=use_kernels)
+    return DenseLinear(w)

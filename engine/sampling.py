@@ -1,0 +1,57 @@
+"""Per-row sampling on the device: penalties, temperature, top-k, top-p, seeded draws."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from engine.config import SamplingParams
+
+
+class RowSampler:
+    """Sampling state of one request: its own generator, so its draws never depend on other rows."""
+
+    def __init__(
+        self, params: SamplingParams, prompt_ids: list[int], vocab_size: int, device: torch.device
+    ) -> None:
+        self.params = params
+        self.seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(self.seed)
+        self.seen: torch.Tensor | None = None
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)  # [V]
+            self.seen[torch.tensor(prompt_ids, device=device)] = True
+
+    def observe(self, token: int) -> None:
+        if self.seen is not None:
+            self.seen[token] = True
+
+
+def sample(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
+    # logits: [B, V] fp32 -> token ids [B] int64 (on the device)
+    device = logits.device
+    for i, row in enumerate(rows):
+        if row.seen is not None:
+            p = row.params.repetition_penalty
+            li = logits[i]
+            logits[i] = torch.where(row.seen, torch.where(li > 0, li / p, li * p), li)
+    greedy = logits.argmax(dim=-1)
+    if all(r.params.is_greedy for r in rows):
+        return greedy
+    temps = torch.tensor([max(r.params.temperature, 1e-5) for r in rows], device=device)
+    probs = torch.softmax(logits / temps[:, None], dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)  # [B, V]
+    rank = torch.arange(probs.shape[-1], device=device)[None]  # [1, V]
+    top_k = torch.tensor([r.params.top_k or probs.shape[-1] for r in rows], device=device)
+    top_p = torch.tensor([r.params.top_p for r in rows], device=device)
+    before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly above each candidate
+    keep = (rank < top_k[:, None]) & ((before < top_p[:, None]) | (rank == 0))
+    kept = sorted_p * keep
+    cdf = kept.cumsum(dim=-1)  # [B, V]
+    u = torch.cat([torch.rand(1, generator=r.generator, device=device) for r in rows])  # [B]
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=probs.shape[-1] - 1)  # [B, 1]
+    drawn = order.gather(1, pick).squeeze(1)
+    is_greedy = torch.tensor([r.params.is_greedy for r in rows], device=device)
+    return torch.where(is_greedy, greedy, drawn)
