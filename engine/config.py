@@ -30,9 +30,7 @@ class EngineConfig:
         device = str(self.device)
         base = device.split(":", 1)[0]
         if base not in DEVICES:
-            raise ValueError(
-                f"device: unknown device '{device}'; use one of {', '.join(DEVICES)} (or cuda:N)"
-            )
+            raise ValueError(f"device: unknown device '{device}'; use one of {', '.join(DEVICES)} (or cuda:N)")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization: '{self.quantization}' is not one of {', '.join(QUANTIZATIONS)}")
         for name in (

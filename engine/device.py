@@ -9,11 +9,7 @@ from engine.errors import StoryloomError
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise StoryloomError(f"device '{name}': CUDA is not available on this machine (use 'auto' or 'cpu')")
@@ -32,7 +28,4 @@ def kernels_available(device: torch.device) -> bool:
         return False
     import importlib.util
 
-    return (
-        importlib.util.find_spec("triton") is not None
-        and importlib.util.find_spec("engine.kernels") is not None
-    )
+    return importlib.util.find_spec("triton") is not None and importlib.util.find_spec("engine.kernels") is not None

@@ -59,12 +59,8 @@ class Engine:
             self.device,
             self.dtype,
         )
-        self.adapters = AdapterRegistry(
-            self.model, config, self.device, self.dtype, self.run_on_engine_thread
-        )
-        self.runner = ModelRunner(
-            self.model, self.cache, self.device, config.cuda_graphs, self.adapters.version
-        )
+        self.adapters = AdapterRegistry(self.model, config, self.device, self.dtype, self.run_on_engine_thread)
+        self.runner = ModelRunner(self.model, self.cache, self.device, config.cuda_graphs, self.adapters.version)
         self.scheduler = Scheduler(config.max_batch_size)
         self._stats = StatsRecorder()
         self._cv = threading.Condition()
@@ -112,9 +108,7 @@ class Engine:
         with self._cv:
             pending = sum(len(g) for g in self._incoming) + self.scheduler.num_waiting
             if pending + len(prompts) > self.config.max_queue:
-                raise QueueFullError(
-                    f"{pending} requests are already waiting (limit {self.config.max_queue})"
-                )
+                raise QueueFullError(f"{pending} requests are already waiting (limit {self.config.max_queue})")
         self.adapters.retain(names)
         seqs = [self._sequence(ids, p, name) for ids, p, name in zip(encoded, params, names, strict=True)]
         step = self.config.max_batch_size
@@ -143,9 +137,7 @@ class Engine:
         weights = sum(b.numel() * b.element_size() for b in self.model.buffers())
         if self.model.lm_head.data_ptr() == self.model.embed.data_ptr():
             weights -= self.model.lm_head.numel() * self.model.lm_head.element_size()
-        return ModelFootprint(
-            weights - self.adapters.slots_nbytes(), self.cache.nbytes(), self.adapters.slots_nbytes()
-        )
+        return ModelFootprint(weights - self.adapters.slots_nbytes(), self.cache.nbytes(), self.adapters.slots_nbytes())
 
     def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
         """Runs fn on the engine thread (between steps) and returns its future. Inline if called from it."""

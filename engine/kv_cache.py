@@ -17,9 +17,7 @@ class KVCache:
         dtype,
     ) -> None:
         shape = (num_slots, num_kv_heads, max_seq_len, head_dim)
-        self.k = [
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)
-        ]  # L x [S, Hkv, P, D]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]  # L x [S, Hkv, P, D]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.num_slots = num_slots
         self.max_seq_len = max_seq_len

@@ -37,9 +37,7 @@ def load_model(
         def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
             t = ckpt.get(name)
             if tuple(t.shape) != shape:
-                raise CheckpointError(
-                    f"{folder}: tensor '{name}' has shape {tuple(t.shape)}, expected {shape}"
-                )
+                raise CheckpointError(f"{folder}: tensor '{name}' has shape {tuple(t.shape)}, expected {shape}")
             return t
 
         def linear(prefix: str, parts: dict[str, int], in_features: int) -> Projection:
@@ -47,9 +45,7 @@ def load_model(
             return Projection(make_linear(weight, quantization, device, dtype, use_kernels), parts)
 
         def norm(name: str) -> RMSNorm:
-            return RMSNorm(
-                tensor(name, (args.hidden_size,)).to(device=device, dtype=dtype), args.rms_norm_eps
-            )
+            return RMSNorm(tensor(name, (args.hidden_size,)).to(device=device, dtype=dtype), args.rms_norm_eps)
 
         rope = RotaryEmbedding(
             args.head_dim, max_seq_len, args.rope_theta, args.rope_scaling, device, dtype=torch.float32
@@ -58,13 +54,9 @@ def load_model(
         for i in range(args.num_layers):
             p = f"model.layers.{i}."
             attn, mlp, hidden = p + "self_attn.", p + "mlp.", args.hidden_size
-            qkv = linear(
-                attn, {"q_proj": args.q_size, "k_proj": args.kv_size, "v_proj": args.kv_size}, hidden
-            )
+            qkv = linear(attn, {"q_proj": args.q_size, "k_proj": args.kv_size, "v_proj": args.kv_size}, hidden)
             o = linear(attn, {"o_proj": hidden}, args.q_size)
-            gate_up = linear(
-                mlp, {"gate_proj": args.intermediate_size, "up_proj": args.intermediate_size}, hidden
-            )
+            gate_up = linear(mlp, {"gate_proj": args.intermediate_size, "up_proj": args.intermediate_size}, hidden)
             down = linear(mlp, {"down_proj": hidden}, args.intermediate_size)
             layers.append(
                 DecoderLayer(

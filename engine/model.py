@@ -128,9 +128,7 @@ class LlamaModel(nn.Module):
                     found[(i, name)] = proj
         return found
 
-    def forward(
-        self, tokens: torch.Tensor, meta: ForwardMeta, cache: KVCache, last_only: bool
-    ) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, meta: ForwardMeta, cache: KVCache, last_only: bool) -> torch.Tensor:
         # tokens: [T] -> logits [T or 1, V] in fp32
         h = self.embed[tokens]  # [T, D]
         for layer, k_cache, v_cache in zip(self.layers, cache.k, cache.v, strict=True):

@@ -52,9 +52,7 @@ class ModelRunner:
     def prefill(self, seq: Sequence) -> torch.Tensor:
         # -> logits of the last prompt token: [1, V]
         tokens = torch.tensor(seq.prompt_ids, device=self.device)
-        meta = ForwardMeta(
-            positions=torch.arange(len(seq.prompt_ids), device=self.device), prefill_slot=seq.slot
-        )
+        meta = ForwardMeta(positions=torch.arange(len(seq.prompt_ids), device=self.device), prefill_slot=seq.slot)
         set_routing(LoraRouting(uniform_slot=seq.lora_slot) if seq.lora_slot >= 0 else None)
         try:
             return self.model(tokens, meta, self.cache, last_only=True)
@@ -94,9 +92,7 @@ class ModelRunner:
         mask = (torch.arange(kv_len, device=self.device)[None] <= positions[:, None])[:, None, None, :]
         set_routing(LoraRouting(token_slots=lora_slots) if lora_slots is not None else None)
         try:
-            return self.model(
-                tokens, ForwardMeta(positions=positions, decode_mask=mask), self.cache, last_only=False
-            )
+            return self.model(tokens, ForwardMeta(positions=positions, decode_mask=mask), self.cache, last_only=False)
         finally:
             set_routing(None)
 
@@ -110,9 +106,7 @@ class ModelRunner:
             stale = [k for k in self._graphs if k[2] and k[3] != key[3]]
             for k in stale:
                 del self._graphs[k]
-        tokens, positions, lora_slots = (
-            torch.tensor(v, dtype=torch.long, device=self.device) for v in inputs
-        )
+        tokens, positions, lora_slots = (torch.tensor(v, dtype=torch.long, device=self.device) for v in inputs)
         slots = lora_slots if use_lora else None
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

@@ -12,9 +12,7 @@ from engine.config import SamplingParams
 class RowSampler:
     """Sampling state of one request: its own generator, so its draws never depend on other rows."""
 
-    def __init__(
-        self, params: SamplingParams, prompt_ids: list[int], vocab_size: int, device: torch.device
-    ) -> None:
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], vocab_size: int, device: torch.device) -> None:
         self.params = params
         self.seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
         self.generator = torch.Generator(device=device)

@@ -57,10 +57,7 @@ class Sequence:
             if at != -1:
                 self.final_text, self.finish_reason = text[:at], "stop"
                 return
-        if (
-            len(self.output_ids) >= p.max_tokens
-            or len(self.prompt_ids) + len(self.output_ids) >= self.max_seq_len
-        ):
+        if len(self.output_ids) >= p.max_tokens or len(self.prompt_ids) + len(self.output_ids) >= self.max_seq_len:
             self.finish_reason = "length"
             return
         safe = len(text) - self.holdback

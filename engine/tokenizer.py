@@ -23,9 +23,7 @@ class PromptEncoder:
         if not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise CheckpointError(f"{folder}: tokenizer.json not found in the model folder")
         try:
-            self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
-                folder, local_files_only=True
-            )
+            self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{folder}: tokenizer cannot be loaded ({e})") from e
         self.vocab_size = args.vocab_size
@@ -50,9 +48,7 @@ class PromptEncoder:
             ids = self.tokenizer.encode(prompt, add_special_tokens=False)
             return ([self.bos_id] if self.bos_id is not None else []) + ids
         if not isinstance(prompt, list) or not prompt:
-            raise InvalidRequestError(
-                "prompt: must be a non-empty str, list of token ids, or list of chat messages"
-            )
+            raise InvalidRequestError("prompt: must be a non-empty str, list of token ids, or list of chat messages")
         if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             bad = [t for t in prompt if not 0 <= t < self.vocab_size]
             if bad:
@@ -67,9 +63,7 @@ class PromptEncoder:
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         for i, m in enumerate(messages):
             if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise InvalidRequestError(
-                    f"prompt: chat message {i} needs a string 'role' and a string 'content'"
-                )
+                raise InvalidRequestError(f"prompt: chat message {i} needs a string 'role' and a string 'content'")
         if not self.tokenizer.chat_template:
             raise InvalidRequestError("prompt: this model's tokenizer has no chat template; send plain text")
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

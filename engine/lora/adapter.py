@@ -125,7 +125,7 @@ def _read_tensors(folder: Path, problems: list[str]) -> dict[str, torch.Tensor]:
         return {}
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         problems.append(f"{WEIGHTS_FILE} is corrupt or truncated ({e})")
         return {}
@@ -145,9 +145,7 @@ def read_adapter(name: str, folder: str | Path, args: LlamaArgs, max_rank: int) 
     for key, t in tensors.items():
         m = KEY.match(key)
         if not m:
-            problems.append(
-                f"tensor '{key}' does not belong to a supported projection ({', '.join(TARGETS)})"
-            )
+            problems.append(f"tensor '{key}' does not belong to a supported projection ({', '.join(TARGETS)})")
             continue
         layer, module, ab = int(m[1]), m[2], m[3]
         if module not in TARGETS:
@@ -176,7 +174,9 @@ def read_adapter(name: str, folder: str | Path, args: LlamaArgs, max_rank: int) 
         if r > max_rank:
             problems.append(f"{where}: rank {r} is above the configured maximum of {max_rank}")
             continue
-        path = f"model.layers.{layer}.{'mlp' if module in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{module}"
+        path = (
+            f"model.layers.{layer}.{'mlp' if module in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{module}"
+        )
         expected_r = _pattern_value(cfg.get("rank_pattern") or {}, path, cfg.get("r", r))
         if expected_r != r:
             problems.append(f"{where}: tensor rank {r} differs from the configured rank {expected_r}")
@@ -215,9 +215,7 @@ def _family_warnings(base: Any, args: LlamaArgs) -> list[str]:
     lowered = base.lower()
     other = [f for f in ("mistral", "qwen", "gemma", "phi", "falcon", "gpt", "opt", "bloom") if f in lowered]
     if "llama" not in lowered and other:
-        return [
-            f"it was trained for '{base}', a different model family than the loaded Llama base; output may be poor"
-        ]
+        return [f"it was trained for '{base}', a different model family than the loaded Llama base; output may be poor"]
     return []
 
 

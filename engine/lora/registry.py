@@ -110,9 +110,7 @@ class AdapterRegistry:
                 if name is not None:
                     entry = self._entry(name)
                     if entry.unloading:
-                        raise InvalidRequestError(
-                            f"adapter '{name}' is being unloaded; it takes no new requests"
-                        )
+                        raise InvalidRequestError(f"adapter '{name}' is being unloaded; it takes no new requests")
             for name in names:
                 if name is not None:
                     self._entries[name].users += 1
@@ -133,11 +131,7 @@ class AdapterRegistry:
             wanted = {n for n in names if n is not None}
             missing = [n for n in wanted if self._entries[n].slot < 0]
             idle = sorted(
-                (
-                    i
-                    for i, owner in enumerate(self._slot_owner)
-                    if owner is None or self._evictable(owner, wanted)
-                ),
+                (i for i, owner in enumerate(self._slot_owner) if owner is None or self._evictable(owner, wanted)),
                 key=lambda i: (self._slot_owner[i] is not None, self._last_used(self._slot_owner[i])),
             )
             if len(missing) > len(idle):

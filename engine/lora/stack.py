@@ -8,9 +8,7 @@ from engine.lora.context import LoraRouting
 
 
 class LoraStack:
-    def __init__(
-        self, num_slots: int, max_rank: int, in_features: int, out_features: int, device, dtype
-    ) -> None:
+    def __init__(self, num_slots: int, max_rank: int, in_features: int, out_features: int, device, dtype) -> None:
         self.a = torch.zeros(num_slots, max_rank, in_features, device=device, dtype=dtype)  # [S, R, K]
         self.b = torch.zeros(num_slots, out_features, max_rank, device=device, dtype=dtype)  # [S, N, R]
         self.scale = torch.zeros(num_slots, device=device, dtype=torch.float32)  # [S]
