@@ -34,9 +34,7 @@ class JobRunner(QObject):
     def is_busy(self) -> bool:
         return self._num_running > 0
 
-    def run(
-        self, fn: Callable[[], Any], on_done: OnDone | None = None, on_error: OnError | None = None
-    ) -> Future:
+    def run(self, fn: Callable[[], Any], on_done: OnDone | None = None, on_error: OnError | None = None) -> Future:
         if self._closed:
             raise RuntimeError("JobRunner is closed")
         self._num_running += 1

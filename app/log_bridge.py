@@ -16,9 +16,7 @@ class LogBridge(QObject):
         super().__init__()
         self._handler = _SignalHandler(self)
         self._handler.setLevel(level)
-        self._handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-        )
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
 
     def install(self, logger: logging.Logger | None = None) -> None:
         target = logger or logging.getLogger()

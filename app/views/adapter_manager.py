@@ -102,9 +102,7 @@ class AdapterManager(QWidget):
     # --- data --------------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Reload the rows off the GUI thread (sizes and hashes may read files)."""
-        self.jobs.run(
-            self.studio.list_adapters, self._show_rows, self._show_error("Adapters could not be listed")
-        )
+        self.jobs.run(self.studio.list_adapters, self._show_rows, self._show_error("Adapters could not be listed"))
 
     def _show_rows(self, rows: list[AdapterRow]) -> None:
         selected = self.selected()
@@ -134,9 +132,7 @@ class AdapterManager(QWidget):
         row = self.selected()
         self.remove_button.setEnabled(row is not None and not row.builtin)
         self.remove_button.setToolTip(
-            "Built-in adapters cannot be removed; disable them instead"
-            if row is not None and row.builtin
-            else ""
+            "Built-in adapters cannot be removed; disable them instead" if row is not None and row.builtin else ""
         )
         self.toggle_button.setEnabled(row is not None)
         self.toggle_button.setText("Enable" if row is not None and not row.enabled else "Disable")
@@ -146,9 +142,7 @@ class AdapterManager(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Import a LoRA adapter (PEFT folder)")
         if not folder:
             return
-        name, ok = QInputDialog.getText(
-            self, "Adapter name", "Name for this adapter:", text=Path(folder).name
-        )
+        name, ok = QInputDialog.getText(self, "Adapter name", "Name for this adapter:", text=Path(folder).name)
         if ok and name.strip():
             self.import_folder(Path(folder), name.strip())
 

@@ -182,9 +182,7 @@ class CompareView(QWidget):
         if outcome == "completed":
             self.rows = list(value)
             for row, label in zip(self.rows, self.speed_labels, strict=False):
-                text = (
-                    f"{row.tokens_per_s:.1f} tok/s · {row.num_completion_tokens} tokens · {row.finish_reason}"
-                )
+                text = f"{row.tokens_per_s:.1f} tok/s · {row.num_completion_tokens} tokens · {row.finish_reason}"
                 label.setText(text + (f" · {row.error}" if row.error else ""))
         elif outcome == "cancelled":
             self.message.show_info("Compare stopped.")

@@ -186,9 +186,7 @@ class ImagePanel(QWidget):
         log.info("image saved to %s", path)
 
     def _ask_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save image", "storyloom.png", "PNG image (*.png);;JPEG (*.jpg)"
-        )
+        path, _ = QFileDialog.getSaveFileName(self, "Save image", "storyloom.png", "PNG image (*.png);;JPEG (*.jpg)")
         if not path:
             return
         try:

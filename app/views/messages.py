@@ -20,9 +20,7 @@ def error_details(exc: BaseException) -> str:
 
 def show_error(parent: QWidget | None, title: str, exc: BaseException) -> QMessageBox:
     """A non-blocking error dialog; the full traceback is under "Show Details..." and can be copied."""
-    box = QMessageBox(
-        QMessageBox.Icon.Warning, title, error_summary(exc), QMessageBox.StandardButton.Ok, parent
-    )
+    box = QMessageBox(QMessageBox.Icon.Warning, title, error_summary(exc), QMessageBox.StandardButton.Ok, parent)
     box.setObjectName("errorDialog")
     box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     box.setDetailedText(error_details(exc))

@@ -98,17 +98,11 @@ class StudioStatusBar(QStatusBar):
         self.state_label.setText(state)
         self.state_label.setToolTip(state)
         self.device_label.setText(status.device_name or "—")
-        self.vram_bar.set_usage(
-            status.vram_total_bytes, status.vram_used_bytes, status.llm_bytes, status.sdxl_bytes
-        )
+        self.vram_bar.set_usage(status.vram_total_bytes, status.vram_used_bytes, status.llm_bytes, status.sdxl_bytes)
         if status.vram_total_bytes > 0:
-            self.vram_label.setText(
-                f"{format_bytes(status.vram_used_bytes)} / {format_bytes(status.vram_total_bytes)}"
-            )
+            self.vram_label.setText(f"{format_bytes(status.vram_used_bytes)} / {format_bytes(status.vram_total_bytes)}")
         else:
-            self.vram_label.setText(
-                f"LLM {format_bytes(status.llm_bytes)} · SDXL {format_bytes(status.sdxl_bytes)}"
-            )
+            self.vram_label.setText(f"LLM {format_bytes(status.llm_bytes)} · SDXL {format_bytes(status.sdxl_bytes)}")
         self.vram_label.setToolTip(self.vram_bar.describe())
         self.speed_label.setText(f"{status.tokens_per_s:.1f} tok/s")
         self.queue_label.setText(f"{status.queued_requests} queued")

@@ -97,9 +97,7 @@ class StoryWorkspace(QWidget):
         self.idea_edit.textChanged.connect(self._update_buttons)
         self.generate_button = QPushButton("Generate", objectName="primary")
         self.generate_button.setShortcut("Ctrl+Return")
-        self.generate_button.setToolTip(
-            "Write a concept, then the story and the image prompt, then draw (Ctrl+Enter)"
-        )
+        self.generate_button.setToolTip("Write a concept, then the story and the image prompt, then draw (Ctrl+Enter)")
         self.stop_button = QPushButton("Stop")
         self.generate_button.clicked.connect(self.generate)
         self.stop_button.clicked.connect(self.stop)
@@ -245,9 +243,7 @@ class StoryWorkspace(QWidget):
 
     def _draft_with_edits(self) -> StoryDraft:
         assert self.draft is not None
-        return self.draft.copy(
-            image_prompt=self.prompt_pane.text(), negative_prompt=self.negative_edit.text()
-        )
+        return self.draft.copy(image_prompt=self.prompt_pane.text(), negative_prompt=self.negative_edit.text())
 
     def _start(self, start) -> None:
         self.message.clear_message()

@@ -1,0 +1,126 @@
+"""The model-location fields (LLM folder, SDXL folder or file, optional VAE), validated as they are edited.
+
+Shared by the settings dialog and the first-run dialog.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.views.messages import InlineMessage
+from storyloom.settings import Settings
+
+SAFETENSORS_FILTER = "SDXL checkpoint (*.safetensors)"
+# Problem prefixes from Settings.validate_model_paths -> the field they belong to.
+FIELD_PREFIXES = {"llm": ("LLM",), "sdxl": ("SDXL checkpoint", "SDXL:"), "vae": ("SDXL VAE",)}
+
+
+class PathField(QWidget):
+    """A line edit with Browse buttons (folder, and optionally file)."""
+
+    changed = Signal()
+
+    def __init__(self, placeholder: str, file_filter: str | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.edit.setClearButtonEnabled(True)
+        self.edit.textChanged.connect(self.changed)
+        self.folder_button = QPushButton("Folder…")
+        self.folder_button.clicked.connect(self._pick_folder)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(self.folder_button)
+        self._filter = file_filter
+        if file_filter:
+            self.file_button = QPushButton("File…")
+            self.file_button.clicked.connect(self._pick_file)
+            layout.addWidget(self.file_button)
+
+    def path(self) -> Path | None:
+        text = self.edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def set_path(self, path: Path | None) -> None:
+        self.edit.setText("" if path is None else str(path))
+
+    def set_invalid(self, invalid: bool, reason: str = "") -> None:
+        self.edit.setProperty("invalid", invalid)
+        self.edit.setToolTip(reason)
+        self.edit.style().unpolish(self.edit)
+        self.edit.style().polish(self.edit)
+
+    def _pick_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder", self.edit.text())
+        if folder:
+            self.edit.setText(folder)
+
+    def _pick_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.edit.text(), self._filter or "")
+        if path:
+            self.edit.setText(path)
+
+
+class ModelPathsForm(QWidget):
+    """The three model paths; `problems()` re-checks them with `Settings.validate_model_paths`."""
+
+    validated = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.llm_field = PathField("Llama-3 folder (config.json, tokenizer.json, *.safetensors)")
+        self.sdxl_field = PathField("SDXL folder (model_index.json) or single .safetensors", SAFETENSORS_FILTER)
+        self.vae_field = PathField("Optional: a separate SDXL VAE (folder or .safetensors)", SAFETENSORS_FILTER)
+        self.message = InlineMessage()
+        form = QFormLayout()
+        form.addRow("LLM", self.llm_field)
+        form.addRow("SDXL", self.sdxl_field)
+        form.addRow("VAE", self.vae_field)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addWidget(self.message)
+        self._fields = {"llm": self.llm_field, "sdxl": self.sdxl_field, "vae": self.vae_field}
+        for field in self._fields.values():
+            field.changed.connect(self.validate)
+
+    def set_paths(self, settings: Settings) -> None:
+        self.llm_field.set_path(settings.llm_path)
+        self.sdxl_field.set_path(settings.sdxl_path)
+        self.vae_field.set_path(settings.sdxl_vae_path)
+
+    def apply_to(self, settings: Settings) -> None:
+        settings.llm_path = self.llm_field.path()
+        settings.sdxl_path = self.sdxl_field.path()
+        settings.sdxl_vae_path = self.vae_field.path()
+
+    def problems(self) -> list[str]:
+        probe = Settings(
+            llm_path=self.llm_field.path(), sdxl_path=self.sdxl_field.path(), sdxl_vae_path=self.vae_field.path()
+        )
+        return probe.validate_model_paths()
+
+    def validate(self) -> bool:
+        problems = self.problems()
+        for key, field in self._fields.items():
+            mine = [p for p in problems if p.startswith(FIELD_PREFIXES[key])]
+            touched = field.path() is not None
+            field.set_invalid(bool(mine) and touched, "\n".join(mine))
+        if problems:
+            self.message.show_error("\n".join(problems))
+        else:
+            self.message.show_info("These models look usable.")
+        self.validated.emit(not problems)
+        return not problems
