@@ -1,0 +1,232 @@
+"""The desktop app end to end on the demo models: the real Studio, engine and renderer, offscreen.
+
+One session-wide data folder holds the demo models (built once); every test gets its own Studio, window and
+library folder, and closes them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from PySide6.QtCore import Qt, QTimer
+
+from app.views.main_window import MainWindow
+from storyloom.demo import ensure_demo_models
+from storyloom.settings import ImageDefaults, Settings, StepSampling
+from storyloom.studio import StoryDraft, Studio
+
+LOAD_TIMEOUT_MS = 600_000
+RUN_TIMEOUT_MS = 600_000
+SHORT = {
+    "concept": StepSampling(temperature=0.8, top_p=1.0, max_tokens=24),
+    "story": StepSampling(temperature=0.8, top_p=1.0, max_tokens=32),
+    "prompt": StepSampling(temperature=0.8, top_p=1.0, max_tokens=16),
+}
+LONG = {step: StepSampling(temperature=0.8, top_p=1.0, max_tokens=400) for step in SHORT}
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A data folder with the demo models, built once for every test here."""
+    root = tmp_path_factory.mktemp("demo-data")
+    ensure_demo_models(root)
+    return root
+
+
+@pytest.fixture
+def open_window(qtbot, demo_root, tmp_path):
+    """`open_window(sampling=...)` -> a shown MainWindow whose models are loaded; closed after the test."""
+    windows: list[MainWindow] = []
+
+    def make(sampling=SHORT) -> MainWindow:
+        settings = Settings(
+            use_demo_models=True, data_dir=demo_root, sampling=dict(sampling), image=ImageDefaults(steps=4)
+        )
+        studio = Studio(settings)
+        studio.library.__init__(tmp_path / f"library-{len(windows)}")
+        window = MainWindow(studio, settings)
+        qtbot.addWidget(window)
+        windows.append(window)
+        window.show()
+        with qtbot.waitSignal(window.client.ready, timeout=LOAD_TIMEOUT_MS):
+            window.start()
+        qtbot.waitUntil(lambda: window.adapters.model.rowCount() > 0, timeout=LOAD_TIMEOUT_MS)
+        return window
+
+    yield make
+    for window in windows:
+        window.close()
+
+
+def _generate(qtbot, window: MainWindow, idea: str = "a lighthouse keeper who befriends a storm") -> None:
+    workspace = window.workspace
+    workspace.idea_edit.setPlainText(idea)
+    assert workspace.generate_button.isEnabled()
+    qtbot.mouseClick(workspace.generate_button, Qt.MouseButton.LeftButton)
+    assert workspace.is_busy
+
+
+def _wait_idle(qtbot, window: MainWindow) -> None:
+    qtbot.waitUntil(lambda: not window.workspace.is_busy, timeout=RUN_TIMEOUT_MS)
+
+
+def test_generate_end_to_end(qtbot, open_window):
+    window = open_window()
+    workspace = window.workspace
+    assert window.library.model.rowCount() == 0
+    _generate(qtbot, window)
+    _wait_idle(qtbot, window)
+    assert not workspace.message.isVisible() or workspace.message.objectName() != "inlineError", (
+        workspace.message.text()
+    )
+    assert workspace.concept_pane.text().strip()
+    assert workspace.story_pane.text().strip()
+    assert workspace.prompt_pane.text().strip()
+    assert workspace.concept_pane.source_text() == "base model"
+    for pane in (workspace.story_pane, workspace.prompt_pane):  # an adapter, or the plain fallback notice
+        assert pane.source_text()
+    image = workspace.image_panel.final_image()
+    assert image is not None and not image.isNull()
+    assert workspace.draft is not None and workspace.draft.story_id
+    qtbot.waitUntil(lambda: window.library.model.rowCount() == 1, timeout=10_000)
+    assert window.library.model.story_at(0).id == workspace.draft.story_id
+    assert workspace.new_story_button.isEnabled() and workspace.new_image_button.isEnabled()
+
+
+def test_stop_mid_stream_saves_nothing(qtbot, open_window):
+    window = open_window(sampling=LONG)
+    workspace = window.workspace
+    _generate(qtbot, window)
+    qtbot.waitUntil(lambda: bool(workspace.concept_pane.text()), timeout=RUN_TIMEOUT_MS)
+    assert workspace.stop_button.isEnabled()
+    qtbot.mouseClick(workspace.stop_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, window)
+    assert "Stopped" in workspace.message.text()
+    assert workspace.image_panel.final_image() is None
+    assert window.client.studio.library.list() == []
+    assert workspace.generate_button.isEnabled()
+
+
+def test_window_stays_responsive_while_generating(qtbot, open_window):
+    window = open_window()
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer(interval=20)
+    timer.timeout.connect(tick)
+    timer.start()
+    _generate(qtbot, window)
+    _wait_idle(qtbot, window)
+    timer.stop()
+    assert window.workspace.image_panel.final_image() is not None
+    assert len(gaps) > 10
+    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.3f} s"
+
+
+def test_close_mid_generation_cancels_and_leaves_library_clean(qtbot, open_window):
+    window = open_window(sampling=LONG)
+    studio = window.client.studio
+    _generate(qtbot, window)
+    qtbot.waitUntil(lambda: bool(window.workspace.concept_pane.text()), timeout=RUN_TIMEOUT_MS)
+    window.close()
+    assert not window.client.is_busy
+    root = studio.library.root
+    assert [p.name for p in root.iterdir() if p.is_dir()] == []  # no story, no half-written folder
+    with pytest.raises(Exception, match=r"closed|not ready|Not ready|load"):
+        studio.generate("another idea", studio.default_options(), lambda _e: None)
+
+
+def test_import_bad_adapter_shows_error_and_changes_nothing(qtbot, open_window, tmp_path):
+    window = open_window()
+    manager = window.adapters
+    studio = window.client.studio
+    before = [(r.name, r.state, r.enabled) for r in studio.list_adapters()]
+    bad = tmp_path / "bad-adapter"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}')
+    (bad / "adapter_model.bin").write_bytes(b"not safetensors")
+    with pytest.raises(Exception) as expected:  # the error the Studio gives, to compare verbatim
+        studio.import_adapter(bad, "bad")
+    manager.import_folder(bad, "bad")
+    qtbot.waitUntil(lambda: manager.message.objectName() == "inlineError", timeout=60_000)
+    assert manager.message.text() == str(expected.value)
+    assert [(r.name, r.state, r.enabled) for r in studio.list_adapters()] == before
+    qtbot.waitUntil(lambda: manager.import_button.isEnabled(), timeout=10_000)
+    assert "bad" not in [r.name for r in manager.model.rows()]
+
+
+def test_compare_runs_one_batch_side_by_side(qtbot, open_window):
+    window = open_window()
+    compare = window.compare
+    names = [r.name for r in window.adapters.model.rows() if r.installed and r.enabled]
+    assert names, "the demo models install the built-in adapters"
+    chosen = [None, *names]
+    compare.set_checked(chosen)
+    assert compare.chosen() == chosen
+    compare.prompt_edit.setPlainText("Tell me about the sea.")
+    compare.max_tokens.setValue(12)
+    with qtbot.waitSignal(compare.finished, timeout=RUN_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(compare.run_button, Qt.MouseButton.LeftButton)
+    assert finished.args == ["completed"]
+    assert [row.adapter for row in compare.rows] == chosen
+    assert len(compare.panes) == len(chosen)
+    for pane, label, row in zip(compare.panes, compare.speed_labels, compare.rows, strict=True):
+        assert pane.source_text() == row.label
+        assert pane.text() == row.text
+        assert "tok/s" in label.text()
+    engine = window.client.studio.engine  # ONE batch: every row decoded in the same engine steps
+    decode_steps = [s for s in engine.stats().recent_steps if s.kind == "decode"]
+    assert any(len(set(step.adapters)) == len(chosen) for step in decode_steps)
+
+
+def test_library_open_export_delete(qtbot, open_window, tmp_path, monkeypatch):
+    window = open_window()
+    library = window.client.studio.library
+    draft = StoryDraft(
+        idea="a cat who keeps a lighthouse",
+        concept="A cat. A lighthouse. A storm.",
+        title="The Lamp Cat",
+        story="Every night the cat lit the lamp.",
+        image_prompt="cat, lighthouse, storm, oil painting",
+        negative_prompt="blurry",
+        seed=7,
+        image=Image.new("RGB", (64, 64), (200, 120, 40)),
+        sources={"concept": "base model", "story": "story-writer", "prompt": "sdxl-prompter"},
+    )
+    story_id = library.save(draft)
+    view = window.library
+    view.refresh()
+    assert view.model.rowCount() == 1
+    qtbot.waitUntil(lambda: view.model.has_thumbnail(story_id), timeout=30_000)
+    view.search_edit.setText("no such words")
+    qtbot.waitUntil(lambda: view.model.rowCount() == 0, timeout=5_000)
+    view.search_edit.setText("lamp")
+    qtbot.waitUntil(lambda: view.model.rowCount() == 1, timeout=5_000)
+    view.list_view.setCurrentIndex(view.model.index(0))
+
+    qtbot.mouseClick(view.open_button, Qt.MouseButton.LeftButton)
+    workspace = window.workspace
+    assert window.tabs.currentWidget() is workspace
+    assert workspace.read_only and not workspace.generate_button.isEnabled()
+    assert "The Lamp Cat" in workspace.story_pane.text()
+    assert workspace.story_pane.source_text() == "story-writer"
+    assert workspace.image_panel.final_image() is not None
+    qtbot.mouseClick(workspace.continue_button, Qt.MouseButton.LeftButton)
+    assert not workspace.read_only and workspace.draft.story_id is None
+    assert workspace.new_image_button.isEnabled()
+
+    exported = view.export_current("md", tmp_path)
+    assert exported is not None and exported.read_text(encoding="utf-8").count("Every night the cat") == 1
+    monkeypatch.setattr(view, "_ask_overwrite", lambda exc: False)
+    assert view.export_current("md", tmp_path) is None  # exists: refused, not overwritten
+    assert "exists" in view.message.text()
+    view.delete_current(confirmed=True)
+    assert view.model.rowCount() == 0 and library.list() == []
