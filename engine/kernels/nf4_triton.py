@@ -55,10 +55,7 @@ def _nf4_matmul_kernel(
     m_mask = offs_m < M
     offs_k = tl.arange(0, BLOCK_K)
     k_begin = pid_k * k_per_split
-    if USE_DOT:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32) if USE_DOT else tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(k_begin, k_begin + k_per_split, BLOCK_K):
         w = _dequant_tile(q_ptr, absmax_ptr, code_ptr, rows, k0, K, BLOCK_N, BLOCK_K, GROUP)  # [BN, BK]
         x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :]

@@ -1,0 +1,76 @@
+"""NF4 reference path (the CPU path of engine.kernels) against bitsandbytes and hand-packed bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+
+from engine.kernels import nf4_dequantize, nf4_dequantize_reference, nf4_matmul
+from engine.kernels.nf4_configs import Nf4Config, m_bucket, pick_config
+
+LLAMA3_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+
+
+def _quantize(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=gen).to(torch.float16)  # [N, K]
+    qweight, state = quantize_4bit(weight, quant_type="nf4", blocksize=64, compress_statistics=False)
+    return qweight, state.absmax, state.code, dequantize_4bit(qweight, state)
+
+
+@pytest.mark.parametrize(("n", "k"), [(8, 128), (48, 320), (3, 40), (1, 64)])
+def test_dequantize_is_bit_identical_to_bitsandbytes(n: int, k: int) -> None:
+    qweight, absmax, code, expected = _quantize(n, k, seed=n * 1000 + k)
+    got = nf4_dequantize(qweight, absmax, code, n, k)
+    assert got.dtype == torch.float16 and got.shape == (n, k)
+    assert torch.equal(got, expected)
+
+
+def test_high_nibble_is_the_first_element_of_each_byte() -> None:
+    code = torch.linspace(-1.0, 1.0, 16)
+    qweight = torch.tensor([0x7F, 0x02] * 32, dtype=torch.uint8)  # one row of 128, one 64-block per 32 bytes
+    absmax = torch.tensor([2.0, 0.5])
+    w = nf4_dequantize_reference(qweight, absmax, code, 1, 128)[0].float()  # [128]
+    expected = torch.tensor([code[7], code[15], code[0], code[2]] * 32) * torch.tensor([2.0] * 64 + [0.5] * 64)
+    assert torch.allclose(w, expected.to(torch.float16).float())
+
+
+@pytest.mark.parametrize("m", [1, 5, 33])
+def test_matmul_matches_dequantize_then_fp64_matmul(m: int) -> None:
+    n, k = 40, 192
+    qweight, absmax, code, weight = _quantize(n, k, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(7))  # fp32 on the CPU
+    got = nf4_matmul(x, qweight, absmax, code, n, k)  # [M, N]
+    expected = x.double() @ weight.double().t()
+    assert got.shape == (m, n)
+    assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-6
+
+
+def test_bad_arguments_name_the_argument() -> None:
+    qweight, absmax, code, _ = _quantize(8, 128, seed=1)
+    with pytest.raises(ValueError, match="qweight"):
+        nf4_matmul(torch.randn(1, 128), qweight[:-1], absmax, code, 8, 128)
+    with pytest.raises(ValueError, match="absmax"):
+        nf4_matmul(torch.randn(1, 128), qweight, absmax[:-1], code, 8, 128)
+    with pytest.raises(ValueError, match="code"):
+        nf4_matmul(torch.randn(1, 128), qweight, absmax, code[:8], 8, 128)
+    with pytest.raises(ValueError, match="x: expected"):
+        nf4_matmul(torch.randn(1, 64), qweight, absmax, code, 8, 128)
+
+
+@pytest.mark.parametrize(("n", "k"), LLAMA3_8B_SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 17, 512])
+def test_picked_config_tiles_k_exactly(n: int, k: int, m: int) -> None:
+    cfg = pick_config(m, n, k, blocksize=64, num_sms=132)
+    assert k % (cfg.split_k * cfg.block_k) == 0
+    assert cfg.block_k % 64 == 0
+    assert not cfg.use_dot or cfg.block_m >= 16
+
+
+def test_m_bucket_and_config_validation() -> None:
+    assert [m_bucket(m) for m in (1, 2, 3, 5, 16, 17)] == [1, 2, 4, 8, 16, 0]
+    with pytest.raises(ValueError, match="block_n"):
+        Nf4Config(block_n=24)
+    with pytest.raises(ValueError, match="use_dot"):
+        Nf4Config(block_m=1, use_dot=True)

@@ -1,0 +1,84 @@
+"""Triton kernels against the torch reference. They need CUDA, or the Triton interpreter on the CPU
+(`TRITON_INTERPRET=1` with triton installed); otherwise this module is skipped. On the GPU,
+`bench/bench_kernels.py --check` covers the 8B shapes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not HAS_TRITON:
+    pytest.skip("Triton kernels: triton is not installed (CUDA-only path)", allow_module_level=True)
+if not (torch.cuda.is_available() or INTERPRET):
+    pytest.skip("Triton kernels: no CUDA device and TRITON_INTERPRET=1 is not set", allow_module_level=True)
+
+from bitsandbytes.functional import dequantize_4bit, quantize_4bit  # noqa: E402
+
+from engine.kernels import lora_reference  # noqa: E402
+from engine.kernels.lora_triton import lora_expand_triton, lora_shrink_triton  # noqa: E402
+from engine.kernels.nf4_configs import Nf4Config  # noqa: E402
+from engine.kernels.nf4_triton import _num_sms, _tickets, nf4_dequantize_triton, nf4_matmul_triton  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_num_sms.setdefault(torch.device("cpu"), 4)
+CONFIGS = [
+    Nf4Config(block_n=32, block_k=128),
+    Nf4Config(block_n=16, block_k=64, split_k=4),
+    Nf4Config(block_m=1, block_n=16, block_k=128, split_k=2, use_dot=False),
+    Nf4Config(block_m=4, block_n=8, block_k=64, use_dot=False),
+]
+
+
+def _weight(n: int, k: int, seed: int) -> tuple[torch.Tensor, ...]:
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
+    qweight, state = quantize_4bit(weight, quant_type="nf4", blocksize=64, compress_statistics=False)
+    reference = dequantize_4bit(qweight, state)
+    return qweight.to(DEVICE), state.absmax.to(DEVICE), state.code.to(DEVICE), reference.to(DEVICE)
+
+
+def _rel(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def test_dequantize_is_bit_identical() -> None:
+    qweight, absmax, code, reference = _weight(48, 256, seed=0)
+    assert torch.equal(nf4_dequantize_triton(qweight, absmax, code, 48, 256), reference)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_matmul_matches_fp32_reference(cfg: Nf4Config, m: int) -> None:
+    n, k = 80, 256
+    qweight, absmax, code, reference = _weight(n, k, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).to(torch.float16).to(DEVICE)
+    got = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg)
+    assert _rel(got, x.float() @ reference.float().t()) < 1e-3  # fp16 output rounding is ~3e-4
+    if cfg.split_k > 1:
+        assert int(_tickets[DEVICE].abs().sum()) == 0, "split-K tickets must be reset for the next call"
+
+
+def test_lora_shrink_expand_and_fused_epilogue_match_reference() -> None:
+    s, r, k, n, m = 3, 16, 256, 80, 5
+    gen = torch.Generator().manual_seed(2)
+    a_stack = (torch.randn(s, r, k, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
+    b_stack = (torch.randn(s, n, r, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
+    scales = torch.tensor([0.5, 2.0, 1.0], device=DEVICE)
+    ranks = torch.tensor([4, 16, 8], dtype=torch.int32, device=DEVICE)
+    slot_ids = torch.tensor([0, -1, 2, 1, 2], dtype=torch.int32, device=DEVICE)
+    x = torch.randn(m, k, generator=gen).to(torch.float16).to(DEVICE)
+    y0 = torch.randn(m, n, generator=gen).to(torch.float16).to(DEVICE)
+    expected = lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, y0.float())
+    t = lora_shrink_triton(x, slot_ids, a_stack, ranks)
+    got = lora_expand_triton(t, slot_ids, b_stack, scales, ranks, y0.clone())
+    assert _rel(got - y0, expected - y0.float()) < 2e-3
+    assert torch.equal(got[1], y0[1])
+    qweight, absmax, code, reference = _weight(n, k, seed=9)
+    fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=CONFIGS[1],
+                              lora=(t, slot_ids, b_stack, scales, ranks))  # fmt: skip
+    base = (x.float() @ reference.float().t()).to(torch.float16)
+    assert _rel(fused, lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float())) < 1e-3
