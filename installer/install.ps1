@@ -37,7 +37,7 @@ Set-StrictMode -Version Latest
 
 $RepoDir = Split-Path -Parent $PSScriptRoot
 $DataDir = if ($env:STORYLOOM_DATA_DIR) { $env:STORYLOOM_DATA_DIR } else { Join-Path $env:LOCALAPPDATA 'Storyloom' }
-$ConfigDir = if ($env:STORYLOOM_CONFIG_DIR) { $env:STORYLOOM_CONFIG_DIR } else { $DataDir }
+$ConfigDir = if ($env:STORYLOOM_CONFIG_DIR) { $env:STORYLOOM_CONFIG_DIR } else { Join-Path $env:APPDATA 'Storyloom' }
 if (-not $Prefix) {
     $Prefix = if ($env:STORYLOOM_VENV) { $env:STORYLOOM_VENV } else { Join-Path $DataDir 'venv' }
 }
@@ -189,7 +189,7 @@ function Uninstall-Storyloom {
         Write-Host 'Storyloom, its stories, models and settings are removed.'
     }
     else {
-        Write-Host "Storyloom is removed. Your stories, models and settings are kept in $DataDir"
+        Write-Host "Storyloom is removed. Your stories, models and settings are kept in $DataDir and $ConfigDir"
         Write-Host '(run with -Uninstall -Purge to delete them too).'
     }
 }
