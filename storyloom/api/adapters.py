@@ -8,19 +8,11 @@ from fastapi import APIRouter
 from fastapi.encoders import jsonable_encoder
 from starlette.concurrency import run_in_threadpool
 
-from engine.errors import AdapterNotFoundError
-from storyloom.api.context import ApiContext, Ctx
+from storyloom.api.context import Ctx
 from storyloom.api.errors import ApiError
 from storyloom.api.schemas import AdapterLoadRequest
 
 router = APIRouter(prefix="/storyloom/adapters")
-
-
-def _info(ctx: ApiContext, name: str) -> Any:
-    info = next((info for info in ctx.engine.adapters.list() if info.name == name), None)
-    if info is None:
-        raise AdapterNotFoundError(name, ctx.adapter_names())
-    return info
 
 
 @router.get("")
@@ -30,7 +22,7 @@ async def list_adapters(ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/{name}")
 async def get_adapter(name: str, ctx: Ctx) -> Any:
-    return jsonable_encoder(_info(ctx, name))
+    return jsonable_encoder(ctx.engine.adapters.get(name))
 
 
 @router.post("", status_code=201)
@@ -43,6 +35,6 @@ async def load_adapter(body: AdapterLoadRequest, ctx: Ctx) -> Any:
 
 @router.delete("/{name}")
 async def unload_adapter(name: str, ctx: Ctx) -> dict[str, Any]:
-    _info(ctx, name)
+    ctx.engine.adapters.get(name)
     await run_in_threadpool(ctx.engine.adapters.unload, name)
     return {"id": name, "object": "adapter", "deleted": True}

@@ -50,9 +50,7 @@ class Admission:
         if num > self.capacity:
             raise ApiError(400, f"n: at most {self.capacity} choices per request, got {num}", param="n")
         if self.num_active + num > self.capacity:
-            raise queue_full(
-                f"too many queued requests ({self.num_active} of {self.capacity}); retry shortly"
-            )
+            raise queue_full(f"too many queued requests ({self.num_active} of {self.capacity}); retry shortly")
         self.num_active += num
 
     def release(self, num: int) -> None:
@@ -75,9 +73,7 @@ class RequestStream:
         self._on_close = on_close
         self._closed = False
         for index, handle in enumerate(self._handles):
-            threading.Thread(
-                target=self._pump, args=(index, handle), name=f"api-pump-{index}", daemon=True
-            ).start()
+            threading.Thread(target=self._pump, args=(index, handle), name=f"api-pump-{index}", daemon=True).start()
 
     def _pump(self, index: int, handle: Any) -> None:
         try:

@@ -92,9 +92,7 @@ class TextFormat:
 
     @staticmethod
     def ending(reply: Reply, index: int, finish_reason: str) -> Completion:
-        return Completion(
-            **vars(reply), choices=[TextChoice(index=index, text="", finish_reason=finish_reason)]
-        )
+        return Completion(**vars(reply), choices=[TextChoice(index=index, text="", finish_reason=finish_reason)])
 
     @staticmethod
     def usage(reply: Reply, usage: Usage) -> Completion:
@@ -120,9 +118,7 @@ async def completions(body: CompletionRequest, request: Request, ctx: Ctx) -> An
     return await _complete(request, ctx, body, body.prompts(), TextFormat)
 
 
-async def _complete(
-    request: Request, ctx: ApiContext, body: SamplingFields, prompts: list[Any], fmt: Format
-) -> Any:
+async def _complete(request: Request, ctx: ApiContext, body: SamplingFields, prompts: list[Any], fmt: Format) -> Any:
     adapter = ctx.resolve_model(body.model)
     num_tokens = await run_in_threadpool(lambda: [ctx.engine.count_tokens(p) for p in prompts])
     sampling = _sampling(body, _token_budget(ctx.engine.max_seq_len, num_tokens, body, fmt.prompt_param))
@@ -184,9 +180,7 @@ def _sampling(body: SamplingFields, max_tokens: int) -> SamplingParams:
         "seed": body.seed,
     }
     try:
-        return SamplingParams(
-            max_tokens=max_tokens, stop=stop, **{k: v for k, v in given.items() if v is not None}
-        )
+        return SamplingParams(max_tokens=max_tokens, stop=stop, **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise field_error(exc) from exc
 

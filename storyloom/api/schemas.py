@@ -69,10 +69,7 @@ class ChatMessage(BaseModel):
 
     def as_engine_message(self) -> dict[str, str]:
         """The ``{"role", "content"}`` dict the engine's chat template takes."""
-        if isinstance(self.content, list):
-            text = "\n".join(part.text for part in self.content)
-        else:
-            text = self.content or ""
+        text = "\n".join(p.text for p in self.content) if isinstance(self.content, list) else self.content or ""
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
