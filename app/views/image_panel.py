@@ -112,7 +112,7 @@ class ImagePanel(QWidget):
         self.save_button.clicked.connect(self._ask_save)
         tools = QHBoxLayout()
         for button in (self.zoom_out_button, self.zoom_in_button, self.fit_button, self.actual_button):
-            button.setFixedWidth(52)
+            button.setMinimumWidth(56)
             tools.addWidget(button)
         tools.addStretch(1)
         tools.addWidget(self.save_button)

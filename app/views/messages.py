@@ -37,6 +37,7 @@ class InlineMessage(QLabel):
         self.setWordWrap(True)
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setContentsMargins(6, 4, 6, 4)
         self.hide()
 
     def show_error(self, text: str) -> None:
