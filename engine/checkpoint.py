@@ -43,7 +43,7 @@ class Checkpoint:
         self._handles: dict[Path, Any] = {}
         self._where: dict[str, Path] = {}
         for file in self.files:
-            for name in self._open(file):
+            for name in self._open(file).keys():  # noqa: SIM118 (safe_open is not iterable)
                 self._where[name] = file
 
     def _weight_files(self) -> list[Path]:

@@ -28,8 +28,8 @@ def load_model(
     use_kernels: bool,
 ) -> LlamaModel:
     t0 = time.perf_counter()
-    args = LlamaArgs.from_file(folder / "config.json")
     with Checkpoint(folder) as ckpt:
+        args = LlamaArgs.from_file(folder / "config.json")
         biases = [n for n in ckpt.names() if n.endswith(".bias")]
         if biases:
             raise CheckpointError(f"{folder}: projection biases are not supported ({biases[0]})")

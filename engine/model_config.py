@@ -89,7 +89,7 @@ class LlamaArgs:
         try:
             cfg = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as e:
-            raise CheckpointError(f"{path}: config.json not found") from e
+            raise CheckpointError(f"{path.parent}: config.json not found in the model folder") from e
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: config.json is not valid JSON ({e})") from e
         if not isinstance(cfg, dict):

@@ -7,8 +7,6 @@ compress_statistics=False)`): qweight uint8, absmax fp32 [N*K/64], code fp32 [16
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from engine.kernels.lora_reference import (
@@ -17,6 +15,7 @@ from engine.kernels.lora_reference import (
     lora_reference,
     lora_shrink_reference,
 )
+from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_reference import check_nf4_args, nf4_dequantize_reference, nf4_matmul_reference
 
 __all__ = [
@@ -31,16 +30,6 @@ __all__ = [
     "nf4_matmul_reference",
     "triton_available",
 ]
-
-
-class LoraExpand(NamedTuple):
-    """The expand half of LoRA, fused into `nf4_matmul`'s epilogue: t is `lora_shrink`'s output."""
-
-    t: torch.Tensor  # [M, splits, R] fp32
-    slot_ids: torch.Tensor  # [M] int32, -1 = no adapter
-    b_stack: torch.Tensor  # [S, N, R] fp16
-    scales: torch.Tensor  # [S] fp32
-    ranks: torch.Tensor  # [S] int32
 
 
 def triton_available() -> bool:
@@ -75,7 +64,7 @@ def nf4_matmul(
         raise ValueError(f"x: expected [M, {k}], got {list(x.shape)}")
     if not _use_triton(x):
         y = nf4_matmul_reference(x, qweight, absmax, code, n, k, blocksize)
-        return y if lora is None else lora_expand_reference(*lora, y)
+        return y if lora is None else lora_expand_reference(*lora[:5], y, lora.segments)
     if x.dtype != torch.float16 or k % blocksize:
         raise ValueError(f"x: the CUDA kernel takes fp16 x and K % {blocksize} == 0, got {x.dtype}, K={k}")
     from engine.kernels.nf4_triton import nf4_matmul_triton
@@ -97,14 +86,15 @@ def nf4_dequantize(
 
 
 def lora_shrink(
-    x: torch.Tensor, slot_ids: torch.Tensor, a_stack: torch.Tensor, ranks: torch.Tensor
+    x: torch.Tensor, slot_ids: torch.Tensor, a_stack: torch.Tensor, ranks: torch.Tensor, num_segments: int = 1
 ) -> torch.Tensor:
-    """t: [M, splits, R] fp32 partial sums of x @ A_s^T over K splits (sum over dim 1 gives x @ A_s^T)."""
+    """t: [M, splits, G*R] fp32 partial sums of x @ A_s^T over K splits (their sum is x @ A_s^T);
+    A_stack: [S, G*R, K] for a fused projection of G segments, the rank mask applies per segment."""
     if not _use_triton(x):
-        return lora_shrink_reference(x, slot_ids, a_stack, ranks)
+        return lora_shrink_reference(x, slot_ids, a_stack, ranks, num_segments)
     from engine.kernels.lora_triton import lora_shrink_triton
 
-    return lora_shrink_triton(x.contiguous(), slot_ids, a_stack, ranks)
+    return lora_shrink_triton(x.contiguous(), slot_ids, a_stack, ranks, num_segments)
 
 
 def lora_expand(
@@ -114,13 +104,14 @@ def lora_expand(
     scales: torch.Tensor,
     ranks: torch.Tensor,
     y: torch.Tensor,
+    segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """y += scale_s * t @ B_s^T in place (y may be a column slice of a wider buffer); returns y."""
     if not _use_triton(y):
-        return lora_expand_reference(t, slot_ids, b_stack, scales, ranks, y)
+        return lora_expand_reference(t, slot_ids, b_stack, scales, ranks, y, segments)
     from engine.kernels.lora_triton import lora_expand_triton
 
-    return lora_expand_triton(t, slot_ids, b_stack, scales, ranks, y)
+    return lora_expand_triton(t, slot_ids, b_stack, scales, ranks, y, segments)
 
 
 def lora_shrink_expand(
@@ -131,8 +122,10 @@ def lora_shrink_expand(
     scales: torch.Tensor,
     ranks: torch.Tensor,
     y: torch.Tensor,
+    segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """y += scale_s * (x @ A_s^T) @ B_s^T per row, s = slot_ids[row] (-1 adds nothing); returns y."""
-    check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y)
-    t = lora_shrink(x, slot_ids, a_stack, ranks)
-    return lora_expand(t, slot_ids, b_stack, scales, ranks, y)
+    """y += scale_s * (x @ A_s^T) @ B_s^T per row, s = slot_ids[row] (-1 adds nothing); returns y.
+    `segments`: first columns of segments 1.. of a fused projection (see lora_reference.py)."""
+    check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y, segments)
+    t = lora_shrink(x, slot_ids, a_stack, ranks, len(segments) + 1)
+    return lora_expand(t, slot_ids, b_stack, scales, ranks, y, segments)

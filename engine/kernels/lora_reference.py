@@ -3,9 +3,16 @@
 Same two steps as the Triton kernels: shrink t = x @ A_s[:r]^T (fp32, shape [M, 1, R]: one K split),
 then expand y += scale_s * t @ B_s[:, :r]^T. Rank padding beyond ranks[s] is masked, so stale values in a
 slot never leak into the result; rows with slot -1 add nothing.
+
+Fused projections (q/k/v, gate/up) use segments: A_stack stacks each projection's A ([S, G*R, K] for G
+segments), B_stack holds each output column's own B row ([S, N, R]), and `segments` lists the first
+column of segments 1..G-1 (for Llama-3-8B qkv: (4096, 5120)). Column n uses t[..., g*R:(g+1)*R] of its
+segment g, so no block-diagonal zeros are stored or read.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -18,14 +25,18 @@ def check_lora_args(
     scales: torch.Tensor,
     ranks: torch.Tensor,
     y: torch.Tensor,
+    segments: tuple[int, ...] = (),
 ) -> None:
     """Raise ValueError naming the argument whose shape does not fit the others."""
     m, k = x.shape
-    s, r, ka = a_stack.shape
+    s, ra, ka = a_stack.shape
     if ka != k:
         raise ValueError(f"A_stack: expected [S, R, {k}] to match x [M, {k}], got {list(a_stack.shape)}")
     n = y.shape[1]
-    if tuple(b_stack.shape) != (s, n, r):
+    r = ra // (len(segments) + 1)
+    if list(segments) != sorted(set(segments)) or any(not 0 < c < n for c in segments):
+        raise ValueError(f"segments: expected increasing column starts inside (0, {n}), got {list(segments)}")
+    if tuple(b_stack.shape) != (s, n, r) or ra % (len(segments) + 1):
         raise ValueError(f"B_stack: expected [{s}, {n}, {r}] (A_stack and y), got {list(b_stack.shape)}")
     if tuple(y.shape) != (m, n):
         raise ValueError(f"y: expected [{m}, N] rows to match x, got {list(y.shape)}")
@@ -45,11 +56,12 @@ def _row_rank_mask(slot_ids: torch.Tensor, ranks: torch.Tensor, r: int) -> torch
 
 
 def lora_shrink_reference(
-    x: torch.Tensor, slot_ids: torch.Tensor, a_stack: torch.Tensor, ranks: torch.Tensor
+    x: torch.Tensor, slot_ids: torch.Tensor, a_stack: torch.Tensor, ranks: torch.Tensor, num_segments: int = 1
 ) -> torch.Tensor:
-    """t: [M, 1, R] fp32 = x @ A_s^T per row, zero beyond the row's rank and for rows without adapter."""
+    """t: [M, 1, G*R] fp32 = x @ A_s^T per row, zero beyond the row's rank (in each of the G segments)
+    and for rows without adapter."""
     slots = slot_ids.clamp(min=0).long()  # [M]
-    mask = _row_rank_mask(slot_ids, ranks, a_stack.shape[1])  # [M, R]
+    mask = _row_rank_mask(slot_ids, ranks, a_stack.shape[1] // num_segments).repeat(1, num_segments)  # [M, G*R]
     t = torch.bmm(a_stack[slots].float(), x.float().unsqueeze(-1)).squeeze(-1)  # [M, R]
     return torch.where(mask, t, 0.0).unsqueeze(1)
 
@@ -61,8 +73,16 @@ def lora_expand_reference(
     scales: torch.Tensor,
     ranks: torch.Tensor,
     y: torch.Tensor,
+    segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """y += scale_s * t_s @ B_s[:, :r]^T in place, t: [M, splits, R] partial sums; returns y."""
+    """y += scale_s * t_s @ B_s[:, :r]^T in place, t: [M, splits, G*R] partial sums; returns y."""
+    if segments:
+        r = b_stack.shape[2]
+        bounds = (0, *segments, y.shape[1])
+        for g, (start, end) in enumerate(itertools.pairwise(bounds)):
+            lora_expand_reference(t[..., g * r : (g + 1) * r], slot_ids, b_stack[:, start:end], scales, ranks,
+                                  y[:, start:end])  # fmt: skip
+        return y
     slots = slot_ids.clamp(min=0).long()  # [M]
     mask = _row_rank_mask(slot_ids, ranks, b_stack.shape[2])  # [M, R]
     t = torch.where(mask, t.sum(dim=1), 0.0)  # [M, R]
@@ -80,8 +100,9 @@ def lora_reference(
     scales: torch.Tensor,
     ranks: torch.Tensor,
     y: torch.Tensor,
+    segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """y += scale_s * (x @ A_s^T) @ B_s^T per row (gather + bmm in fp32); returns y."""
-    check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y)
-    t = lora_shrink_reference(x, slot_ids, a_stack, ranks)
-    return lora_expand_reference(t, slot_ids, b_stack, scales, ranks, y)
+    check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y, segments)
+    t = lora_shrink_reference(x, slot_ids, a_stack, ranks, len(segments) + 1)
+    return lora_expand_reference(t, slot_ids, b_stack, scales, ranks, y, segments)

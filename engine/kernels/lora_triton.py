@@ -1,9 +1,10 @@
 """Triton multi-LoRA kernels over stacked adapter slots (Punica-style shrink, then expand).
 
-shrink: t[m, split, :] = x[m, k-slice] @ A_s[:rank_s, k-slice]^T        (fp32 partial sums, one per K split)
-expand: y[m, :]       += scale_s * (sum_split t[m, split, :rank_s]) @ B_s[:, :rank_s]^T
-s = slot_ids[m]; rows with slot -1 read nothing and add nothing; rank padding is masked, so never read.
-The expand step is also fused into the NF4 matmul's epilogue (see nf4_triton.py) via `lora_delta_tile`.
+shrink: t[m, split, :] = x[m, k-slice] @ A_s[:, k-slice]^T             (fp32 partial sums, one per K split)
+expand: y[m, n]       += scale_s * (sum_split t[m, split, g*R : g*R + rank_s]) . B_s[n, :rank_s]
+s = slot_ids[m], g = segment of column n (fused projections, see lora_reference.py). Rows with slot -1
+read nothing and add nothing; rank padding is masked, so it is never read. The expand step is also fused
+into the NF4 matmul's epilogue (nf4_triton.py) through `lora_delta_tile`.
 """
 
 from __future__ import annotations
@@ -15,32 +16,29 @@ import triton.language as tl
 R_CHUNK = tl.constexpr(16)
 SHRINK_BLOCK_K = 128
 MAX_SHRINK_SPLITS = 8
+MAX_SEGMENTS = 3
+EXPAND_BLOCK_N = 128
 
 
 @triton.jit
 def lora_delta_tile(
-    t_ptr,
-    slot_ptr,
-    b_ptr,
-    scale_ptr,
-    rank_ptr,
-    offs_m,
-    offs_n,
-    M,
-    N,
-    R,
-    num_t_splits,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
-    """scale_s * t[m, :r] @ B_s[n, :r]^T for a [BLOCK_M, BLOCK_N] tile; fp32; zero for rows without one."""
+    t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R, num_t_splits, seg1, seg2,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
+):  # fmt: skip
+    """scale_s * t[m, g*R : g*R + r] . B_s[n, :r] for a [BLOCK_M, BLOCK_N] tile starting at column n_start
+    (the whole tile lies in segment g); fp32; zero for rows without an adapter."""
     m_mask = offs_m < M
     slots = tl.load(slot_ptr + offs_m, mask=m_mask, other=-1)  # [BM]
     active = slots >= 0
     s = tl.where(active, slots, 0)
     rank = tl.load(rank_ptr + s, mask=active, other=0)  # [BM]
     scale = tl.load(scale_ptr + s, mask=active, other=0.0)  # [BM]
+    seg = 0
+    if NUM_SEG > 1:
+        seg += (n_start >= seg1).to(tl.int32)
+    if NUM_SEG > 2:
+        seg += (n_start >= seg2).to(tl.int32)
+    offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     delta = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for r0 in tl.static_range(0, BLOCK_R, R_CHUNK):
@@ -48,7 +46,7 @@ def lora_delta_tile(
         r_mask = offs_r[None, :] < rank[:, None]  # [BM, RC]
         t = tl.zeros((BLOCK_M, R_CHUNK), tl.float32)
         for i in range(num_t_splits):
-            t_ptrs = t_ptr + (offs_m[:, None] * num_t_splits + i) * R + offs_r[None, :]
+            t_ptrs = t_ptr + (offs_m[:, None] * num_t_splits + i) * (NUM_SEG * R) + seg * R + offs_r[None, :]
             t += tl.load(t_ptrs, mask=r_mask, other=0.0)
         b = tl.load(
             b_ptr + s[:, None, None] * (N * R) + offs_n[None, :, None] * R + offs_r[None, None, :],
@@ -61,18 +59,9 @@ def lora_delta_tile(
 
 @triton.jit
 def _lora_shrink_kernel(
-    x_ptr,
-    slot_ptr,
-    a_ptr,
-    rank_ptr,
-    t_ptr,
-    K,
-    R,
-    stride_xm,
-    k_per_split,
-    BLOCK_K: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
+    x_ptr, slot_ptr, a_ptr, rank_ptr, t_ptr, K, R_TOTAL, SEG_R, stride_xm, k_per_split,
+    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
     m = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
@@ -81,7 +70,7 @@ def _lora_shrink_kernel(
     s = tl.where(active, slot, 0)
     rank = tl.load(rank_ptr + s)
     offs_r = tl.arange(0, BLOCK_R)
-    r_mask = offs_r < rank
+    r_mask = ((offs_r % SEG_R) < rank) & (offs_r < R_TOTAL)  # rank within each segment
     acc = tl.zeros((BLOCK_R, BLOCK_K), tl.float32)
     k_begin = split * k_per_split
     k_end = tl.where(active, tl.minimum(k_begin + k_per_split, K), k_begin)
@@ -90,36 +79,25 @@ def _lora_shrink_kernel(
         k_mask = offs_k < k_end
         xk = tl.load(x_ptr + m * stride_xm + offs_k, mask=k_mask, other=0.0)  # [BK]
         a = tl.load(
-            a_ptr + s * (R * K) + offs_r[:, None] * K + offs_k[None, :],
+            a_ptr + s * (R_TOTAL * K) + offs_r[:, None] * K + offs_k[None, :],
             mask=r_mask[:, None] & k_mask[None, :],
             other=0.0,
         )  # [BR, BK]
         acc += a.to(tl.float32) * xk.to(tl.float32)[None, :]
     t = tl.sum(acc, axis=1)  # [BR]
-    tl.store(t_ptr + (m * num_splits + split) * R + offs_r, t, mask=offs_r < R)
+    tl.store(t_ptr + (m * num_splits + split) * R_TOTAL + offs_r, t, mask=offs_r < R_TOTAL)
 
 
 @triton.jit
 def _lora_expand_kernel(
-    t_ptr,
-    slot_ptr,
-    b_ptr,
-    scale_ptr,
-    rank_ptr,
-    y_ptr,
-    M,
-    N,
-    R,
-    num_t_splits,
-    stride_ym,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, y_ptr, M, N, R, num_t_splits, seg1, seg2, stride_ym,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
+):  # fmt: skip
+    n_start = tl.program_id(0) * BLOCK_N
+    offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    delta = lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, offs_n, M, N, R,
-                            num_t_splits, BLOCK_M, BLOCK_N, BLOCK_R)  # fmt: skip
+    delta = lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R,
+                            num_t_splits, seg1, seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG)  # fmt: skip
     slots = tl.load(slot_ptr + offs_m, mask=offs_m < M, other=-1)
     mask = (slots >= 0)[:, None] & (offs_n < N)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -132,20 +110,28 @@ def block_r(r: int) -> int:
     return max(R_CHUNK.value, triton.next_power_of_2(r))
 
 
+def segment_args(segments: tuple[int, ...], block_n: int) -> tuple[int, int]:
+    """The segment starts as kernel scalars; each must fall on a tile boundary."""
+    assert len(segments) < MAX_SEGMENTS, f"at most {MAX_SEGMENTS} segments"
+    assert all(c % block_n == 0 for c in segments), f"segment starts {segments} must be multiples of {block_n}"
+    padded = (*segments, 0, 0)
+    return padded[0], padded[1]
+
+
 def lora_shrink_triton(
-    x: torch.Tensor, slot_ids: torch.Tensor, a_stack: torch.Tensor, ranks: torch.Tensor
+    x: torch.Tensor, slot_ids: torch.Tensor, a_stack: torch.Tensor, ranks: torch.Tensor, num_segments: int = 1
 ) -> torch.Tensor:
-    """Partial shrink sums t: [M, splits, R] fp32 (splits over K fill the GPU at small M)."""
+    """Partial shrink sums t: [M, splits, G*R] fp32 (splits over K fill the GPU at small M)."""
     m, k = x.shape
-    _, r, _ = a_stack.shape
+    _, r_total, _ = a_stack.shape
     splits = max(1, min(MAX_SHRINK_SPLITS, triton.cdiv(k, SHRINK_BLOCK_K), triton.cdiv(64, max(m, 1))))
     k_per_split = triton.cdiv(triton.cdiv(k, splits), SHRINK_BLOCK_K) * SHRINK_BLOCK_K
     splits = triton.cdiv(k, k_per_split)
-    t = torch.empty((m, splits, r), dtype=torch.float32, device=x.device)
+    t = torch.empty((m, splits, r_total), dtype=torch.float32, device=x.device)
     if m:
         _lora_shrink_kernel[(m, splits)](
-            x, slot_ids, a_stack, ranks, t, k, r, x.stride(0), k_per_split,
-            BLOCK_K=SHRINK_BLOCK_K, BLOCK_R=block_r(r), num_warps=4,
+            x, slot_ids, a_stack, ranks, t, k, r_total, r_total // num_segments, x.stride(0), k_per_split,
+            BLOCK_K=SHRINK_BLOCK_K, BLOCK_R=block_r(r_total), num_warps=4,
         )  # fmt: skip
     return t
 
@@ -157,17 +143,18 @@ def lora_expand_triton(
     scales: torch.Tensor,
     ranks: torch.Tensor,
     y: torch.Tensor,
+    segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """y += scale_s * t_s @ B_s^T in place (y may be a column slice of a wider buffer); returns y."""
-    m, splits, r = t.shape
-    n = y.shape[1]
+    m, splits, _ = t.shape
+    n, r = y.shape[1], b_stack.shape[2]
     assert y.stride(1) == 1, "y rows must be contiguous"
     block_m = min(4, triton.next_power_of_2(max(m, 1)))
-    block_n = 128
+    seg1, seg2 = segment_args(segments, EXPAND_BLOCK_N)
     if m:
-        grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+        grid = (triton.cdiv(n, EXPAND_BLOCK_N), triton.cdiv(m, block_m))
         _lora_expand_kernel[grid](
-            t, slot_ids, b_stack, scales, ranks, y, m, n, r, splits, y.stride(0),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_R=block_r(r), num_warps=4,
+            t, slot_ids, b_stack, scales, ranks, y, m, n, r, splits, seg1, seg2, y.stride(0),
+            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1, num_warps=4,
         )  # fmt: skip
     return y

@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.lora_triton import block_r, lora_delta_tile
+from engine.kernels.lora_triton import block_r, lora_delta_tile, segment_args
+from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config, pick_config
 
 TICKETS = 1 << 16
@@ -42,9 +43,10 @@ def _dequant_tile(q_ptr, absmax_ptr, code_ptr, rows, k0, K, BLOCK_N: tl.constexp
 def _nf4_matmul_kernel(
     x_ptr, q_ptr, absmax_ptr, code_ptr, y_ptr, ws_ptr, ticket_ptr,
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr,
-    M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, lora_splits,
+    M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, lora_splits, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
+    NUM_SEG: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -76,21 +78,24 @@ def _nf4_matmul_kernel(
             for s in range(split_k):
                 part = ws_ptr + (tile * split_k + s) * (BLOCK_M * BLOCK_N) + tile_offs
                 total += tl.load(part, cache_modifier=".cg")
-            _store_tile(total, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, offs_n, M, N,
-                        stride_ym, lora_r, lora_splits, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R)  # fmt: skip
+            _store_tile(total, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
+                        stride_ym, lora_r, lora_splits, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R,
+                        NUM_SEG)  # fmt: skip
             tl.atomic_xchg(ticket_ptr + tile, 0)
     else:
-        _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, offs_n, M, N,
-                    stride_ym, lora_r, lora_splits, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R)  # fmt: skip
+        _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
+                    stride_ym, lora_r, lora_splits, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R,
+                    NUM_SEG)  # fmt: skip
 
 
 @triton.jit
-def _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, offs_n, M, N, stride_ym,
-                lora_r, lora_splits, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LORA: tl.constexpr,
-                BLOCK_R: tl.constexpr):  # fmt: skip
+def _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, stride_ym,
+                lora_r, lora_splits, seg1, seg2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr):  # fmt: skip
     if HAS_LORA:
-        out += lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, offs_n, M, N, lora_r,
-                               lora_splits, BLOCK_M, BLOCK_N, BLOCK_R)  # fmt: skip
+        out += lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, lora_r,
+                               lora_splits, seg1, seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG)  # fmt: skip
+    offs_n = n_start + tl.arange(0, BLOCK_N)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(tl.float16), mask=mask)
 
@@ -132,10 +137,9 @@ def nf4_matmul_triton(
     k: int,
     blocksize: int = 64,
     config: Nf4Config | None = None,
-    lora: tuple[torch.Tensor, ...] | None = None,
+    lora: LoraExpand | None = None,
 ) -> torch.Tensor:
-    """y [M, N] fp16 = x [M, K] fp16 @ W^T, plus the fused LoRA expand when `lora` is
-    (t [M, splits, R] fp32 from lora_shrink, slot_ids, B_stack [S, N, R], scales, ranks)."""
+    """y [M, N] fp16 = x [M, K] fp16 @ W^T, plus the fused LoRA expand when `lora` is given."""
     m = x.shape[0]
     assert x.stride(1) == 1 and k % blocksize == 0 and blocksize % 2 == 0
     cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device))
@@ -154,16 +158,17 @@ def nf4_matmul_triton(
         ws = tickets = y
     if lora is None:
         t = slot_ids = b_stack = scales = ranks = y
-        lora_splits, lora_r = 1, 1
+        lora_splits, lora_r, segments = 1, 1, ()
     else:
-        t, slot_ids, b_stack, scales, ranks = lora
-        _, lora_splits, lora_r = t.shape
+        t, slot_ids, b_stack, scales, ranks, segments = lora
+        lora_splits, lora_r = t.shape[1], b_stack.shape[2]
+    seg1, seg2 = segment_args(segments, cfg.block_n)
     _nf4_matmul_kernel[grid](
         x, qweight, absmax, code, y, ws, tickets, t, slot_ids, b_stack, scales, ranks,
-        m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, lora_r, lora_splits,
+        m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, lora_r, lora_splits, seg1, seg2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
         IS_SPLIT=is_split, USE_DOT=cfg.use_dot, HAS_LORA=lora is not None,
-        BLOCK_R=block_r(lora_r) if lora is not None else 16,
+        BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y

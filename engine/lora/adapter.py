@@ -125,7 +125,7 @@ def _read_tensors(folder: Path, problems: list[str]) -> dict[str, torch.Tensor]:
         return {}
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f}
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         problems.append(f"{WEIGHTS_FILE} is corrupt or truncated ({e})")
         return {}

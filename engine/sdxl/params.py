@@ -51,23 +51,15 @@ class RenderParams:
         for name in ("width", "height"):
             value = getattr(self, name)
             if not _is_int(value) or value % 8 or not MIN_SIDE <= value <= MAX_SIDE:
-                problems.append(
-                    f"{name}: must be a multiple of 8 within {MIN_SIDE}..{MAX_SIDE}, got {value!r}"
-                )
+                problems.append(f"{name}: must be a multiple of 8 within {MIN_SIDE}..{MAX_SIDE}, got {value!r}")
         if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
             problems.append(f"steps: must be an integer within 1..{MAX_STEPS}, got {self.steps!r}")
-        if (
-            not isinstance(self.guidance, (int, float))
-            or not math.isfinite(self.guidance)
-            or self.guidance < 0
-        ):
+        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance) or self.guidance < 0:
             problems.append(f"guidance: must be a finite number >= 0, got {self.guidance!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             problems.append(f"seed: must be an integer within 0..2**64-1 or None, got {self.seed!r}")
         if self.scheduler not in SCHEDULERS:
-            problems.append(
-                f"scheduler: unknown scheduler {self.scheduler!r}; use one of {', '.join(SCHEDULERS)}"
-            )
+            problems.append(f"scheduler: unknown scheduler {self.scheduler!r}; use one of {', '.join(SCHEDULERS)}")
         if problems:
             raise InvalidRequestError("invalid render parameters: " + "; ".join(problems))
 

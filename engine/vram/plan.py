@@ -96,9 +96,7 @@ def _make(
     fits = placement == "cpu" or peak <= usable  # the LLM's own fit is the engine's concern
     if gpu:
         verdict = "fits" if fits else "does not fit"
-        notes.append(
-            f"{verdict}: estimated peak {_gb(peak)} of {_gb(usable)} usable ({_gb(gpu.total_bytes)} card)"
-        )
+        notes.append(f"{verdict}: estimated peak {_gb(peak)} of {_gb(usable)} usable ({_gb(gpu.total_bytes)} card)")
     return VramPlan(
         name=name,
         sdxl_placement=placement,
@@ -175,21 +173,16 @@ def _plans(gpu: GpuMemory | None, llm: ModelFootprint, sdxl: SDXLFootprint) -> l
         swap=False,
         fallback=offload,
         notes=[
-            f"LLM {_gb(llm_gpu)} and SDXL {_gb(sdxl.weights_bytes)} stay on the GPU; "
-            "LLM steps interleave with drawing."
+            f"LLM {_gb(llm_gpu)} and SDXL {_gb(sdxl.weights_bytes)} stay on the GPU; LLM steps interleave with drawing."
         ],
     )
     return [resident, offload, swap, sequential, cpu]
 
 
-def plan_vram(
-    gpu: GpuMemory | None, llm: ModelFootprint, sdxl: SDXLFootprint, override: str | None = None
-) -> VramPlan:
+def plan_vram(gpu: GpuMemory | None, llm: ModelFootprint, sdxl: SDXLFootprint, override: str | None = None) -> VramPlan:
     """The first plan that fits, or the one `override` names (kept even if it does not fit, with a note)."""
     if override is not None and override not in PLAN_NAMES:
-        raise InvalidRequestError(
-            f"plan: unknown VRAM plan '{override}'; choose one of {', '.join(PLAN_NAMES)}"
-        )
+        raise InvalidRequestError(f"plan: unknown VRAM plan '{override}'; choose one of {', '.join(PLAN_NAMES)}")
     plans = _plans(gpu, llm, sdxl)
     if override is None:
         return next(p for p in plans if p.fits)

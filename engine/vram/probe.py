@@ -12,6 +12,4 @@ def query_gpu_memory(device: str = "cuda") -> GpuMemory | None:
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info(torch.device(device))
-    return GpuMemory(
-        total_bytes=total, free_bytes=free, name=torch.cuda.get_device_name(torch.device(device))
-    )
+    return GpuMemory(total_bytes=total, free_bytes=free, name=torch.cuda.get_device_name(torch.device(device)))

@@ -1,0 +1,77 @@
+"""Our model code against transformers' LlamaForCausalLM on the same tiny checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import Engine, EngineConfig, SamplingParams
+from engine.kv_cache import KVCache
+from engine.loader import load_model
+from engine.model import ForwardMeta
+from tests.llm_fixtures import make_llama, reference_model
+
+# NF4: both sides quantize the same fp32 weights with the same bitsandbytes function (blocksize 64, fp32 absmax,
+# no nesting) and multiply in fp32, so only summation order differs: 1e-4 relative is ~100x that rounding noise,
+# while one wrong block scale or nibble order moves the logits by >1e-2.
+TOLERANCE = {"none": 1e-4, "nf4": 1e-4}
+
+
+@pytest.fixture(
+    scope="module", params=[{"rope_scaling": "llama3"}, {"rope_scaling": None, "tie_word_embeddings": True}]
+)
+def checkpoint(request, tmp_path_factory):
+    return make_llama(tmp_path_factory.mktemp("llama"), **request.param)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_prefill_and_decode_logits_match_transformers(checkpoint, quantization):
+    model = load_model(checkpoint, torch.device("cpu"), torch.float32, quantization, 128, use_kernels=False)
+    ref = reference_model(checkpoint, nf4=quantization == "nf4")
+    a = model.args
+    cache = KVCache(a.num_layers, 3, a.num_kv_heads, 128, a.head_dim, "cpu", torch.float32)
+    torch.manual_seed(0)
+    ids = torch.randint(0, a.vocab_size, (50,))
+    with torch.no_grad():
+        ours = model(ids[:49], ForwardMeta(positions=torch.arange(49), prefill_slot=2), cache, last_only=False)
+        expected = ref(ids[None]).logits[0]
+        assert _rel(ours, expected[:49]) < TOLERANCE[quantization]
+        # one decode step for slot 2 beside two idle rows
+        positions = torch.tensor([0, 0, 49])
+        mask = (torch.arange(64)[None] <= positions[:, None])[:, None, None, :]
+        step = model(torch.tensor([0, 0, int(ids[49])]), ForwardMeta(positions, decode_mask=mask), cache, False)
+    assert _rel(step[2], expected[49]) < TOLERANCE[quantization]
+
+
+def test_sharded_checkpoint_loads_the_same_model(tmp_path):
+    single = make_llama(tmp_path / "single")
+    sharded = make_llama(tmp_path / "sharded", shard=True)
+    assert (sharded / "model.safetensors.index.json").is_file()
+    ids = torch.arange(20)
+    out = []
+    for folder in (single, sharded):
+        model = load_model(folder, torch.device("cpu"), torch.float32, "none", 64, use_kernels=False)
+        a = model.args
+        cache = KVCache(a.num_layers, 1, a.num_kv_heads, 64, a.head_dim, "cpu", torch.float32)
+        with torch.no_grad():
+            out.append(model(ids, ForwardMeta(torch.arange(20), prefill_slot=0), cache, last_only=True))
+    assert torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_greedy_tokens_equal_transformers_generate(checkpoint, quantization):
+    ref = reference_model(checkpoint, nf4=quantization == "nf4")
+    prompts = ["Once upon a time", "The dragon slept under the old bridge while", "A café"]
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    with Engine(EngineConfig(model=checkpoint, quantization=quantization, max_batch_size=4, max_seq_len=128)) as eng:
+        results = eng.generate(prompts, greedy)
+        for prompt, result in zip(prompts, results, strict=True):
+            ids = eng.encoder.encode(prompt)
+            with torch.no_grad():
+                out = ref.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=None)
+            assert result.token_ids == out[0, len(ids) :].tolist()
+            assert result.finish_reason == "length"
