@@ -96,3 +96,26 @@ def test_mismatched_shapes_name_the_argument() -> None:
         lora_reference(torch.randn(3, 16), torch.zeros(3, dtype=torch.int32), a_stack, b_stack, scales, ranks, y)
     with pytest.raises(ValueError, match="B_stack"):
         lora_reference(x, torch.zeros(3, dtype=torch.int32), a_stack, b_stack[:, :4], scales, ranks, y)
+
+
+def test_fused_projection_segments_match_separate_adapters() -> None:
+    k, r, s, widths = 64, 4, 3, (32, 16, 16)  # q, k, v output widths of a fused qkv projection
+    parts = [_adapters(s, r, k, w, seed=10 + i) for i, w in enumerate(widths)]
+    ranks = torch.tensor([2, 4, 3], dtype=torch.int32)
+    scales = torch.tensor([1.0, 0.5, 2.0])
+    a_fused = torch.cat([p[0] for p in parts], dim=1)  # [S, 3R, K]
+    b_fused = torch.cat([p[1] for p in parts], dim=1)  # [S, N, R]
+    x = torch.randn(4, k)
+    slot_ids = torch.tensor([2, 0, -1, 1], dtype=torch.int32)
+    y = torch.randn(4, sum(widths))
+    got = lora_shrink_expand(x, slot_ids, a_fused, b_fused, scales, ranks, y.clone(), segments=(32, 48))
+    expected = torch.cat(
+        [
+            _per_row_loop(x, slot_ids, p[0], p[1], scales, ranks, y[:, start : start + w])
+            for p, start, w in zip(parts, (0, 32, 48), widths, strict=True)
+        ],
+        dim=1,
+    )
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="segments"):
+        lora_reference(x, slot_ids, a_fused, b_fused, scales, ranks, y, segments=(48, 32))

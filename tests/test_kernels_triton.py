@@ -19,7 +19,7 @@ if not (torch.cuda.is_available() or INTERPRET):
 
 from bitsandbytes.functional import dequantize_4bit, quantize_4bit  # noqa: E402
 
-from engine.kernels import lora_reference  # noqa: E402
+from engine.kernels import LoraExpand, lora_reference  # noqa: E402
 from engine.kernels.lora_triton import lora_expand_triton, lora_shrink_triton  # noqa: E402
 from engine.kernels.nf4_configs import Nf4Config  # noqa: E402
 from engine.kernels.nf4_triton import _num_sms, _tickets, nf4_dequantize_triton, nf4_matmul_triton  # noqa: E402
@@ -78,7 +78,28 @@ def test_lora_shrink_expand_and_fused_epilogue_match_reference() -> None:
     assert _rel(got - y0, expected - y0.float()) < 2e-3
     assert torch.equal(got[1], y0[1])
     qweight, absmax, code, reference = _weight(n, k, seed=9)
-    fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=CONFIGS[1],
-                              lora=(t, slot_ids, b_stack, scales, ranks))  # fmt: skip
+    lora = LoraExpand(t, slot_ids, b_stack, scales, ranks)
+    fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=CONFIGS[1], lora=lora)
     base = (x.float() @ reference.float().t()).to(torch.float16)
     assert _rel(fused, lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float())) < 1e-3
+
+
+def test_lora_segments_of_a_fused_projection() -> None:
+    s, r, k, n, m, segments = 2, 8, 128, 384, 3, (128, 256)
+    gen = torch.Generator().manual_seed(3)
+    a_stack = (torch.randn(s, 3 * r, k, generator=gen) * 0.1).to(torch.float16).to(DEVICE)  # [S, 3R, K]
+    b_stack = (torch.randn(s, n, r, generator=gen) * 0.1).to(torch.float16).to(DEVICE)  # [S, N, R]
+    scales = torch.tensor([0.5, 2.0], device=DEVICE)
+    ranks = torch.tensor([3, 8], dtype=torch.int32, device=DEVICE)
+    slot_ids = torch.tensor([1, -1, 0], dtype=torch.int32, device=DEVICE)
+    x = torch.randn(m, k, generator=gen).to(torch.float16).to(DEVICE)
+    y0 = torch.randn(m, n, generator=gen).to(torch.float16).to(DEVICE)
+    expected = lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, y0.float(), segments)
+    t = lora_shrink_triton(x, slot_ids, a_stack, ranks, num_segments=3)
+    got = lora_expand_triton(t, slot_ids, b_stack, scales, ranks, y0.clone(), segments)
+    assert _rel(got - y0, expected - y0.float()) < 2e-3
+    qweight, absmax, code, reference = _weight(n, k, seed=4)
+    lora = LoraExpand(t, slot_ids, b_stack, scales, ranks, segments)
+    fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=Nf4Config(block_n=64, block_k=64), lora=lora)
+    base = (x.float() @ reference.float().t()).to(torch.float16)
+    assert _rel(fused, lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float(), segments)) < 1e-3
