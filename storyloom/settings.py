@@ -301,9 +301,7 @@ def _as_path(name: str, value: Any) -> Path:
     raise ValueError(f"{name}: must be a path, got {value!r}")
 
 
-def _build(
-    where: str, field_name: str | None, kind: type, values: dict[str, Any], problems: list[str]
-) -> Any:
+def _build(where: str, field_name: str | None, kind: type, values: dict[str, Any], problems: list[str]) -> Any:
     """`kind(**values)`, or None with the reason added to `problems` as "where: reason"."""
     try:
         return kind(**values)
@@ -350,9 +348,7 @@ def _llm_folder_problems(path: Path) -> list[str]:
     if not any(path.glob("*.safetensors")):
         pickles = _pickle_files(path)
         if pickles:
-            problems.append(
-                f"{where}: only pickle weights ({', '.join(pickles)}); Storyloom loads .safetensors only"
-            )
+            problems.append(f"{where}: only pickle weights ({', '.join(pickles)}); Storyloom loads .safetensors only")
         else:
             problems.append(f"{where}: no .safetensors weights found")
     if not (path / "tokenizer.json").is_file():

@@ -39,9 +39,7 @@ def _merged_reference(base_folder, adapter_folder) -> torch.Tensor:
         path = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
         b = tensors[key.replace("lora_A", "lora_B")]
         r = a.shape[0]
-        alpha = next(
-            (v for k, v in config["alpha_pattern"].items() if path.endswith(k)), config["lora_alpha"]
-        )
+        alpha = next((v for k, v in config["alpha_pattern"].items() if path.endswith(k)), config["lora_alpha"])
         scaling = alpha / (math.sqrt(r) if config["use_rslora"] else r)
         with torch.no_grad():
             params[f"{path}.weight"] += scaling * (b.float() @ a.float())
@@ -61,9 +59,7 @@ def test_peft_config_schema(tmp_path, base):
 
 
 def test_tensor_names_shapes_and_dtype(tmp_path, base):
-    folder = build_demo_adapter(
-        tmp_path / "a", base, rank=4, alpha=8, target_modules=["k_proj", "down_proj"], seed=3
-    )
+    folder = build_demo_adapter(tmp_path / "a", base, rank=4, alpha=8, target_modules=["k_proj", "down_proj"], seed=3)
     tensors = load_file(folder / "adapter_model.safetensors")
     assert len(tensors) == 2 * 2 * 2  # layers x modules x (A, B)
     k_a = tensors["base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight"]

@@ -104,9 +104,7 @@ def test_building_leaves_the_global_rng_alone(tmp_path):
 
 
 def test_options_without_rope_scaling_and_with_tied_embeddings(tmp_path):
-    folder = build_tiny_llama(
-        tmp_path / "m", rope_scaling=None, tie_word_embeddings=True, hidden_size=32, num_heads=2
-    )
+    folder = build_tiny_llama(tmp_path / "m", rope_scaling=None, tie_word_embeddings=True, hidden_size=32, num_heads=2)
     config = json.loads((folder / "config.json").read_text())
     assert config["rope_scaling"] is None
     assert config["tie_word_embeddings"] is True

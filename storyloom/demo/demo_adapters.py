@@ -110,16 +110,12 @@ def build_demo_adapter(
     num_layers = config["num_hidden_layers"]
     unknown = sorted(set(target_modules) - set(shapes))
     if unknown or not target_modules:
-        raise ValueError(
-            f"target_modules must be a non-empty subset of {sorted(shapes)}, got {target_modules}"
-        )
+        raise ValueError(f"target_modules must be a non-empty subset of {sorted(shapes)}, got {target_modules}")
     if rank < 1 or alpha <= 0:
         raise ValueError(f"rank must be >= 1 and alpha > 0, got rank={rank}, alpha={alpha}")
     layers = list(range(num_layers)) if layers_to_transform is None else list(layers_to_transform)
     if not layers or any(not 0 <= i < num_layers for i in layers):
-        raise ValueError(
-            f"layers_to_transform must name layers in 0..{num_layers - 1}, got {layers_to_transform}"
-        )
+        raise ValueError(f"layers_to_transform must name layers in 0..{num_layers - 1}, got {layers_to_transform}")
 
     rank_pattern = dict(rank_pattern or {})
     alpha_pattern = dict(alpha_pattern or {})
