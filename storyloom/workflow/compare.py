@@ -27,9 +27,7 @@ class CompareRow:
         return self.adapter or BASE_MODEL
 
 
-def run_compare(
-    engine: Any, prompt: str, adapters: list[str | None], sampling: Any, job: Job
-) -> list[CompareRow]:
+def run_compare(engine: Any, prompt: str, adapters: list[str | None], sampling: Any, job: Job) -> list[CompareRow]:
     """Submit ``prompt`` once per adapter as one batch, stream every row, return the rows in order.
 
     ``engine`` follows the engine contract (``submit_batch``); ``sampling`` is a SamplingParams.
@@ -58,9 +56,7 @@ def run_compare(
         seconds = float(res.total_time_s or 0.0)
         rate = res.num_completion_tokens / seconds if seconds > 0 else 0.0
         rows.append(
-            CompareRow(
-                adapter, res.text, res.finish_reason, res.num_completion_tokens, seconds, rate, res.error
-            )
+            CompareRow(adapter, res.text, res.finish_reason, res.num_completion_tokens, seconds, rate, res.error)
         )
     return rows
 

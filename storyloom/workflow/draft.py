@@ -106,6 +106,5 @@ class StoryOptions:
             unknown = sorted(set(overrides) - set(SAMPLING_KEYS))
             if unknown:
                 raise ValueError(
-                    f"sampling['{step}']: unknown setting(s) {', '.join(unknown)}; "
-                    f"use {', '.join(SAMPLING_KEYS)}"
+                    f"sampling['{step}']: unknown setting(s) {', '.join(unknown)}; use {', '.join(SAMPLING_KEYS)}"
                 )

@@ -105,7 +105,7 @@ class Job:
             self._future.set_exception(CancelledError())
         except Exception as exc:
             log.debug("job failed", exc_info=True)
-            self.emit(StoryEvent("error", "run", text=_one_line(exc)))
+            self.emit(StoryEvent("error", "run", text=describe_error(exc)))
             self.emit(StoryEvent("finished", "run", text="failed", draft=self._partial))
             self._future.set_exception(exc)
         else:
@@ -115,6 +115,7 @@ class Job:
             self._future.set_result(value)
 
 
-def _one_line(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """The error as one readable line (multi-line messages, such as AdapterError's list, are joined)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return "; ".join(lines) or type(exc).__name__

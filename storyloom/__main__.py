@@ -1,0 +1,7 @@
+"""`python -m storyloom`: the command line."""
+
+import sys
+
+from storyloom.cli import main
+
+sys.exit(main())
