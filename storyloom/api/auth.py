@@ -15,6 +15,8 @@ from storyloom.api.errors import ApiError
 
 LOOPBACK_NAMES = ("localhost",)
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+
 
 class UnsafeBindError(StoryloomError, ValueError):
     """Serving beyond this computer without an API key would let anyone on the network use the GPU."""
@@ -41,9 +43,8 @@ def check_bind(host: str, has_api_key: bool) -> None:
 def bearer_check(api_key: str) -> Callable[..., Awaitable[None]]:
     """A dependency that lets a request through only with ``Authorization: Bearer <api_key>``."""
     expected = api_key.encode()
-    scheme = HTTPBearer(auto_error=False)
 
-    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
+    async def check(credentials: Credentials) -> None:
         if credentials is None:
             raise ApiError(
                 401,
