@@ -252,13 +252,12 @@ class AdapterStore:
         user = []
         if self.root.is_dir():
             for folder in sorted(self.root.iterdir()):
-                is_adapter = (folder / SIDECAR_FILE).is_file() or (folder / CONFIG_FILE).is_file()
-                hidden = folder.name.startswith(".")  # staging folders of changes under way
-                if not hidden and folder.name not in self.manifests and is_adapter:
-                    if is_valid_name(folder.name):
-                        user.append(self._stored(folder.name))
-                    else:
-                        log.warning("ignoring adapter folder with an invalid name: %s", folder)
+                if folder.name.startswith(".") or folder.name in self.manifests:
+                    continue  # hidden: staging folders of changes under way
+                if not is_valid_name(folder.name):
+                    log.warning("ignoring adapter folder with an invalid name: %s", folder)
+                elif self._is_user_adapter(folder.name):
+                    user.append(self._stored(folder.name))
         return [self._stored(name) for name in sorted(self.manifests)] + user
 
     def get(self, name: str) -> StoredAdapter:
@@ -349,9 +348,11 @@ class AdapterStore:
 
     # --- internals --------------------------------------------------------------------------------------
     def _exists(self, name: str) -> bool:
-        if name in self.manifests:
-            return True
-        return not name_problems(name) and (self.root / name).is_dir()
+        return name in self.manifests or (not name_problems(name) and self._is_user_adapter(name))
+
+    def _is_user_adapter(self, name: str) -> bool:
+        folder = self.root / name
+        return (folder / SIDECAR_FILE).is_file() or (folder / CONFIG_FILE).is_file()
 
     def _stored(self, name: str) -> StoredAdapter:
         folder = self.root / name

@@ -355,3 +355,14 @@ def test_opening_the_store_recovers_from_a_crash(tmp_path, src):
     store = AdapterStore(tmp_path / "data")
     assert _leftovers(store) == ["story-writer"]
     assert store.get("story-writer").installed
+
+
+def test_stray_folders_are_not_adapters(store, src):
+    store.import_adapter(src, "mine")
+    (store.root / "empty").mkdir()
+    shutil.copytree(src, store.root / "Bad Name")
+    assert [a.name for a in store.list()] == [*BUILTINS, "mine"]
+    with pytest.raises(AdapterNotFoundError):
+        store.get("empty")
+    with pytest.raises(AdapterNotFoundError):
+        store.get("Bad Name")
