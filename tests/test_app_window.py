@@ -1,7 +1,7 @@
 """The desktop app end to end on the demo models: the real Studio, engine and renderer, offscreen.
 
-One session-wide data folder holds the demo models (built once); every test gets its own Studio, window and
-library folder, and closes them.
+The demo models are built once per session; every test gets its own data folder (linking to them), Studio,
+window and library, and closes them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt, QTimer
 
 from app.views.main_window import MainWindow
 from storyloom.demo import ensure_demo_models
-from storyloom.settings import ImageDefaults, Settings, StepSampling
+from storyloom.settings import Settings, StepSampling
 from storyloom.studio import StoryDraft, Studio
 
 LOAD_TIMEOUT_MS = 600_000
@@ -29,31 +29,30 @@ LONG = {step: StepSampling(temperature=0.8, top_p=1.0, max_tokens=400) for step 
 
 
 @pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    """A data folder with the demo models, built once for every test here."""
-    root = tmp_path_factory.mktemp("demo-data")
-    ensure_demo_models(root)
-    return root
+def demo_models(tmp_path_factory) -> Path:
+    """The demo models' folder, built once for every test here."""
+    return ensure_demo_models(tmp_path_factory.mktemp("demo-data")).root
 
 
 @pytest.fixture
-def open_window(qtbot, demo_root, tmp_path):
+def open_window(qtbot, demo_models, tmp_path):
     """`open_window(sampling=...)` -> a shown MainWindow whose models are loaded; closed after the test."""
     windows: list[MainWindow] = []
 
     def make(sampling=SHORT) -> MainWindow:
-        settings = Settings(
-            use_demo_models=True, data_dir=demo_root, sampling=dict(sampling), image=ImageDefaults(steps=4)
-        )
+        data_dir = tmp_path / f"data-{len(windows)}"
+        data_dir.mkdir()
+        (data_dir / demo_models.name).symlink_to(demo_models, target_is_directory=True)
+        settings = Settings(use_demo_models=True, data_dir=data_dir, sampling=dict(sampling))
         studio = Studio(settings)
-        studio.library.__init__(tmp_path / f"library-{len(windows)}")
         window = MainWindow(studio, settings)
         qtbot.addWidget(window)
         windows.append(window)
         window.show()
         with qtbot.waitSignal(window.client.ready, timeout=LOAD_TIMEOUT_MS):
             window.start()
-        qtbot.waitUntil(lambda: window.adapters.model.rowCount() > 0, timeout=LOAD_TIMEOUT_MS)
+        # the list refreshed after loading shows the demo adapters loaded
+        qtbot.waitUntil(lambda: any(r.installed for r in window.adapters.model.rows()), timeout=LOAD_TIMEOUT_MS)
         return window
 
     yield make

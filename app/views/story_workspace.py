@@ -226,7 +226,8 @@ class StoryWorkspace(QWidget):
         self._start(lambda on_event: self.client.studio.new_story(draft, on_event))
 
     def new_image(self) -> None:
-        draft = self._draft_with_edits()
+        draft = self.draft
+        assert draft is not None
         self._start(lambda on_event: self.client.studio.new_image(draft, on_event))
 
     def rerender(self) -> None:
@@ -240,10 +241,6 @@ class StoryWorkspace(QWidget):
             log.info("stopping the running story job")
             self.relay.cancel()
             self.stop_button.setEnabled(False)
-
-    def _draft_with_edits(self) -> StoryDraft:
-        assert self.draft is not None
-        return self.draft.copy(image_prompt=self.prompt_pane.text(), negative_prompt=self.negative_edit.text())
 
     def _start(self, start) -> None:
         self.message.clear_message()
@@ -304,7 +301,8 @@ class StoryWorkspace(QWidget):
             if self.image_panel.final_image() is None:
                 self.image_panel.set_stopped("Stopped")
         elif outcome == "failed":
-            self.message_error(str(value))
+            if self.message.objectName() != "inlineError" or not self.message.isVisible():
+                self.message_error(str(value))  # the job's "error" event normally said it already
             if self.image_panel.final_image() is None:
                 self.image_panel.set_stopped("Failed")
         self.busy_changed.emit(False)

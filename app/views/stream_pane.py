@@ -45,7 +45,7 @@ class StreamPane(QWidget):
         self.source_label.setVisible(bool(text))
 
     def source_text(self) -> str:
-        return self.source_label.text() if self.source_label.isVisible() else ""
+        return "" if self.source_label.isHidden() else self.source_label.text()
 
     def text(self) -> str:
         return self.text_edit.toPlainText()
