@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -111,6 +113,10 @@ def test_tokenized_chat_has_one_bos_and_header_ids(tokenizer):
 
 def test_saved_folder_loads_with_auto_tokenizer(tmp_path, tokenizer):
     build_demo_tokenizer(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"  # Meta's layout: template inside the config
+    assert config["chat_template"] == tokenizer.chat_template
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     for text in TEXTS:
         assert loaded(text).input_ids == tokenizer(text).input_ids

@@ -8,6 +8,7 @@ template. Training is deterministic, so every build gives the same vocabulary.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -86,6 +87,18 @@ def _train_backend() -> Tokenizer:
     return tokenizer
 
 
+def _write_meta_style_config(folder: Path) -> None:
+    """Keep the chat template inside tokenizer_config.json and name the generic fast tokenizer class, as
+    Meta's Llama-3 checkpoints do (older transformers versions read only that layout)."""
+    config_file, template_file = folder / "tokenizer_config.json", folder / "chat_template.jinja"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.pop("backend", None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["chat_template"] = LLAMA3_CHAT_TEMPLATE
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    template_file.unlink(missing_ok=True)
+
+
 def build_demo_tokenizer(folder: Path | None = None) -> PreTrainedTokenizerFast:
     """Train the demo tokenizer; with `folder`, also save it there (tokenizer.json + config)."""
     tokenizer = PreTrainedTokenizerFast(
@@ -101,5 +114,6 @@ def build_demo_tokenizer(folder: Path | None = None) -> PreTrainedTokenizerFast:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(folder)
+        _write_meta_style_config(folder)
         logger.debug("demo tokenizer (%d tokens) saved to %s", len(tokenizer), folder)
     return tokenizer
