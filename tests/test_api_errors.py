@@ -16,7 +16,7 @@ from tests.test_api_fixtures import (
     MAX_SEQ_LEN,
     RecordingEngine,
     client,
-    demo_paths_fixture,  # noqa: F401
+    demo_fixture,  # noqa: F401
     engine_fixture,  # noqa: F401
     engine_paused,
     greedy,
@@ -132,8 +132,8 @@ def test_too_many_queued_requests_is_429_with_retry_after(engine, serve):
     assert [f.result().status_code for f in waiting] == [200, 200]
 
 
-def test_the_engines_own_queue_limit_is_429_too(demo_paths, serve):
-    config = EngineConfig(model=demo_paths["base"], device="cpu", max_seq_len=MAX_SEQ_LEN, max_queue=1)
+def test_the_engines_own_queue_limit_is_429_too(demo, serve):
+    config = EngineConfig(model=demo.llm, device="cpu", max_seq_len=MAX_SEQ_LEN, max_queue=1)
     with Engine(config) as small:
         server = serve(small)
         with concurrent.futures.ThreadPoolExecutor(1) as pool, engine_paused(small):

@@ -6,7 +6,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -14,35 +13,25 @@ import pytest
 
 from engine import Engine, EngineConfig, SamplingParams
 from storyloom.api import ServerHandle, create_app, start_in_thread
-from storyloom.demo.demo_adapters import build_demo_adapter
-from storyloom.demo.tiny_llama import build_tiny_llama
+from storyloom.demo import DemoModels, ensure_demo_models
 
 ADAPTERS = ("story-writer", "sdxl-prompter")
 MAX_SEQ_LEN = 256
 POLL_S = 0.005
 
 
-@pytest.fixture(scope="session", name="demo_paths")
-def demo_paths_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("demo")
-    base = build_tiny_llama(root / "tiny-llama-3")
-    return {
-        "base": base,
-        "story-writer": build_demo_adapter(
-            root / "story-writer", base, rank=8, alpha=16, target_modules=["q_proj", "v_proj"], seed=1
-        ),
-        "sdxl-prompter": build_demo_adapter(
-            root / "sdxl-prompter", base, rank=4, alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"], seed=2
-        ),
-    }
+@pytest.fixture(scope="session", name="demo")
+def demo_fixture(tmp_path_factory: pytest.TempPathFactory) -> DemoModels:
+    # One fixed folder: each test module that imports this fixture finds the set already built.
+    return ensure_demo_models(tmp_path_factory.getbasetemp() / "api-demo")
 
 
 @pytest.fixture(scope="module", name="engine")
-def engine_fixture(demo_paths: dict[str, Path]) -> Iterator[Engine]:
-    config = EngineConfig(model=demo_paths["base"], device="cpu", max_seq_len=MAX_SEQ_LEN, max_batch_size=8)
+def engine_fixture(demo: DemoModels) -> Iterator[Engine]:
+    config = EngineConfig(model=demo.llm, device="cpu", max_seq_len=MAX_SEQ_LEN, max_batch_size=8)
     with Engine(config) as eng:
         for name in ADAPTERS:
-            eng.adapters.load(name, demo_paths[name])
+            eng.adapters.load(name, demo.adapters[name])
         yield eng
 
 

@@ -12,7 +12,7 @@ from tests.test_api_fixtures import (
     ADAPTERS,
     RecordingEngine,
     client,
-    demo_paths_fixture,  # noqa: F401
+    demo_fixture,  # noqa: F401
     engine_fixture,  # noqa: F401
     engine_paused,
     greedy,
