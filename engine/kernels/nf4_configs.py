@@ -20,7 +20,7 @@ class Nf4Config:
     split_k: int = 1
     use_dot: bool = True
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "num_warps"):

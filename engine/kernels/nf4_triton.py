@@ -39,7 +39,7 @@ def _dequant_tile(q_ptr, absmax_ptr, code_ptr, rows, k0, K, BLOCK_N: tl.constexp
     return tl.reshape(w, (BLOCK_N, BLOCK_K))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "split_k", "lora_r", "lora_splits", "seg1", "seg2"])
 def _nf4_matmul_kernel(
     x_ptr, q_ptr, absmax_ptr, code_ptr, y_ptr, ws_ptr, ticket_ptr,
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr,
