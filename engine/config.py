@@ -9,6 +9,7 @@ from typing import Literal
 
 DEVICES = ("auto", "cpu", "cuda")
 QUANTIZATIONS = ("nf4", "none")
+KERNELS = ("bitsandbytes", "triton")
 
 
 @dataclass
@@ -23,7 +24,7 @@ class EngineConfig:
     max_cpu_loras: int = 64
     max_queue: int = 256
     cuda_graphs: bool = True
-    prefill_chunk: int = 2048
+    kernels: Literal["bitsandbytes", "triton"] = "bitsandbytes"
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -45,8 +46,8 @@ class EngineConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_seq_len < 2:
             raise ValueError(f"max_seq_len: must be >= 2, got {self.max_seq_len}")
-        if self.prefill_chunk < 16:
-            raise ValueError(f"prefill_chunk: must be >= 16, got {self.prefill_chunk}")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels: '{self.kernels}' is not one of {', '.join(KERNELS)}")
 
 
 @dataclass(frozen=True)

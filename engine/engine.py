@@ -176,6 +176,7 @@ class Engine:
 
     # ---- engine thread -----------------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def step(self) -> None:
         self._reap_cancelled()
         admitted = self.scheduler.schedule(self.adapters.acquire)

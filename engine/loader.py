@@ -47,9 +47,7 @@ def load_model(
         def norm(name: str) -> RMSNorm:
             return RMSNorm(tensor(name, (args.hidden_size,)).to(device=device, dtype=dtype), args.rms_norm_eps)
 
-        rope = RotaryEmbedding(
-            args.head_dim, max_seq_len, args.rope_theta, args.rope_scaling, device, dtype=torch.float32
-        )
+        rope = RotaryEmbedding(args.head_dim, max_seq_len, args.rope_theta, args.rope_scaling, device, dtype=dtype)
         layers = []
         for i in range(args.num_layers):
             p = f"model.layers.{i}."

@@ -19,8 +19,9 @@ class RowSampler:
         self.generator.manual_seed(self.seed)
         self.seen: torch.Tensor | None = None
         if params.repetition_penalty != 1.0:
-            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)  # [V]
-            self.seen[torch.tensor(prompt_ids, device=device)] = True
+            with torch.inference_mode():
+                self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)  # [V]
+                self.seen[torch.tensor(prompt_ids, device=device)] = True
 
     def observe(self, token: int) -> None:
         if self.seen is not None:

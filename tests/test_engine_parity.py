@@ -75,3 +75,17 @@ def test_greedy_tokens_equal_transformers_generate(checkpoint, quantization):
                 out = ref.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=None)
             assert result.token_ids == out[0, len(ids) :].tolist()
             assert result.finish_reason == "length"
+
+
+def test_repetition_penalty_matches_transformers(checkpoint):
+    ref = reference_model(checkpoint)
+    prompt = "The dragon slept and the dragon dreamed of"
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, repetition_penalty=1.8)
+    with Engine(EngineConfig(model=checkpoint, quantization="none", max_seq_len=128)) as eng:
+        result = eng.generate([prompt], params)[0]
+        ids = eng.encoder.encode(prompt)
+    with torch.no_grad():
+        out = ref.generate(
+            torch.tensor([ids]), max_new_tokens=20, do_sample=False, eos_token_id=None, repetition_penalty=1.8
+        )
+    assert result.token_ids == out[0, len(ids) :].tolist()
