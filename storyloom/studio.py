@@ -158,9 +158,9 @@ class Studio:
     @property
     def is_demo(self) -> bool:
         """True when the demo models are (or will be) used: their output is gibberish and abstract."""
-        from storyloom.workflow.models import uses_demo_models
+        from storyloom.workflow.models import is_demo_output
 
-        return uses_demo_models(self.settings)
+        return is_demo_output(self.settings)
 
     @property
     def engine(self) -> Any:

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import CheckpointError
-from storyloom.settings import ImageDefaults, Settings
+from storyloom.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # The demo models are tiny and random: short answers and small, quick images keep a demo run under a minute.
-DEMO_IMAGE = ImageDefaults(width=512, height=512, steps=8)
+DEMO_IMAGE_SIDE = 512
+DEMO_MAX_STEPS = 8
 DEMO_MAX_TOKENS = {"concept": 96, "story": 192, "prompt": 48}
 DEMO_MAX_SEQ_LEN = 1024
 
@@ -33,6 +34,13 @@ def uses_demo_models(settings: Settings) -> bool:
     return settings.use_demo_models or (settings.llm_path is None and settings.sdxl_path is None)
 
 
+def is_demo_output(settings: Settings) -> bool:
+    """True when what the models write must be labelled as demo output (also a demo folder set as a path)."""
+    from storyloom.demo import is_demo_model
+
+    return uses_demo_models(settings) or (settings.llm_path is not None and is_demo_model(settings.llm_path))
+
+
 def effective_settings(settings: Settings) -> Settings:
     """The settings a run uses: with the demo models, small images and short answers."""
     if not uses_demo_models(settings):
@@ -41,7 +49,10 @@ def effective_settings(settings: Settings) -> Settings:
         step: dataclasses.replace(s, max_tokens=min(s.max_tokens, DEMO_MAX_TOKENS[step]))
         for step, s in settings.sampling.items()
     }
-    return dataclasses.replace(settings, image=DEMO_IMAGE, sampling=sampling)
+    image = dataclasses.replace(
+        settings.image, width=DEMO_IMAGE_SIDE, height=DEMO_IMAGE_SIDE, steps=min(settings.image.steps, DEMO_MAX_STEPS)
+    )
+    return dataclasses.replace(settings, image=image, sampling=sampling)
 
 
 def check_model_paths(settings: Settings, *, render: bool) -> None:
