@@ -131,9 +131,22 @@ function New-Venv([string]$BasePython) {
     Invoke-Step $BasePython @('-m', 'venv', $Prefix)
 }
 
+# The PyTorch build in the environment ('cpu', 'cu124', ...), or '' when there is none.
+function Get-InstalledTorchTag {
+    $probe = 'import torch; v = torch.version.cuda; print(''cu'' + v.replace(''.'', '''') if v else ''cpu'')'
+    return Get-NativeOutput $VenvPython @('-c', $probe)
+}
+
 function Install-Packages([string]$IndexUrl) {
     $pip = @('-m', 'pip', 'install', '--upgrade')
     if ($IndexUrl) {
+        # pip counts a torch of another build (e.g. the CPU one, before a driver update) as installed: replace it.
+        $wanted = $IndexUrl.TrimEnd('/').Split('/')[-1]
+        $installed = if ($DryRun) { '' } else { Get-InstalledTorchTag }
+        if ($installed -and $installed -ne $wanted) {
+            Write-Host "Replacing the $installed build of PyTorch with the $wanted build."
+            Invoke-Step $VenvPython @('-m', 'pip', 'uninstall', '--yes', 'torch')
+        }
         Invoke-Step $VenvPython ($pip + @('--index-url', $IndexUrl, $TorchSpec))
     }
     else {

@@ -135,9 +135,23 @@ create_venv() {
     run "$PYTHON" -m venv "$PREFIX"
 }
 
+# The PyTorch build in the environment (cpu, cu124, ...), or nothing when there is none.
+installed_torch_tag() {
+    "$VENV_PY" -c 'import torch; v = torch.version.cuda; print("cu" + v.replace(".", "") if v else "cpu")' \
+        2>/dev/null || true
+}
+
 install_packages() {
-    local pip=("$VENV_PY" -m pip install --upgrade)
+    local pip=("$VENV_PY" -m pip install --upgrade) installed wanted
     if [[ -n "$TORCH_INDEX_URL" ]]; then
+        # pip counts a torch of another build (e.g. the CPU one, before a driver update) as installed: replace it.
+        wanted="${TORCH_INDEX_URL%/}"
+        wanted="${wanted##*/}"
+        installed="$(installed_torch_tag)"
+        if [[ -n "$installed" && "$installed" != "$wanted" ]]; then
+            echo "Replacing the $installed build of PyTorch with the $wanted build."
+            run "$VENV_PY" -m pip uninstall --yes torch
+        fi
         run "${pip[@]}" --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
     else
         run "${pip[@]}" "$TORCH_SPEC"

@@ -87,6 +87,21 @@ def test_dry_run_follows_the_test_flags(home, tmp_path):
     assert "--index-url" not in out and "storyloom.desktop" not in out
 
 
+@pytest.mark.parametrize(("installed", "replaced"), [("cpu", True), ("cu124", False)])
+def test_rerun_replaces_a_torch_build_that_does_not_fit_the_driver(home, tmp_path, installed, replaced):
+    write_fake_nvidia_smi(tmp_path / "bin", RTX_4070, cuda="12.4")
+    venv = tmp_path / "env"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "bin/python").write_text(f"#!/bin/sh\necho {installed}\n")  # answers the build probe
+    (venv / "bin/python").chmod(0o755)
+    out = run_installer(["--dry-run", "--prefix", str(venv), "--no-shortcuts"], home, tmp_path / "bin").stdout
+
+    assert "Reusing the environment" in out
+    assert (f"+ {venv}/bin/python -m pip uninstall --yes torch" in out) == replaced
+    assert ("Replacing the cpu build of PyTorch with the cu124 build." in out) == replaced
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
