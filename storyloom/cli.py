@@ -21,6 +21,7 @@ from engine.errors import (
 from storyloom.library import LibraryError
 from storyloom.workflow.events import StoryEvent
 from storyloom.workflow.job import describe_error
+from storyloom.workflow.parsing import printable
 
 if TYPE_CHECKING:
     from storyloom.settings import Settings
@@ -162,7 +163,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings | None = None) -> 
     with Studio(settings) as studio:
         if studio.is_demo:
             print(DEMO_BANNER)
-        print("Loading models...", file=sys.stderr, flush=True)
+        print("Loading models...", flush=True)
         studio.start(render=not args.no_image).result()
         idea = studio.check_idea(args.idea)
         printer = TerminalPrinter(sys.stdout)
@@ -216,7 +217,7 @@ class TerminalPrinter:
 
     def _on_text_delta(self, event: StoryEvent) -> None:
         if event.step == self.streaming:
-            self._write(event.text)
+            self._write(printable(event.text))  # model output may hold terminal control sequences
 
     def _on_step_finished(self, event: StoryEvent) -> None:
         if event.step == self.streaming:
@@ -294,10 +295,10 @@ def cmd_library_list(args: argparse.Namespace) -> int:
     if not stories:
         print("No stories." if not args.search else f"No stories match '{args.search}'.")
         return EXIT_OK
-    table = [("ID", "CREATED", "TITLE", "IDEA")]
+    table = [("ID", "CREATED", "TITLE", "IDEA", "")]
     for story in stories:
-        title = story.title + (" [demo]" if story.demo else "")
-        table.append((story.id, story.created[:16].replace("T", " "), _clip(title, 40), _clip(story.idea, 50)))
+        created = story.created[:16].replace("T", " ")
+        table.append((story.id, created, _clip(story.title, 40), _clip(story.idea, 50), "[demo]" * story.demo))
     _print_table(table)
     return EXIT_OK
 

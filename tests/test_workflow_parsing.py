@@ -27,6 +27,7 @@ from storyloom.workflow.parsing import UNTITLED, fit_clip_prompt, parse_image_pr
         ),
         ("", UNTITLED, ""),
         ("Title: ***\nBody.", UNTITLED, "Body."),
+        ("Bell\x07 Title\r\nBo\x1bdy\tok.", "Bell Title", "Body\tok."),
     ],
 )
 def test_parse_story(text, title, body):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 
 UNTITLED = "Untitled story"
@@ -15,6 +16,11 @@ _PROMPT_PREFIX = re.compile(r"^\W*(?:sdxl\s+)?(?:positive\s+)?prompt\W*?[:\-–�
 _DECORATION = " \t\"'*_#`“”‘’"
 
 
+def printable(text: str) -> str:
+    """``text`` without control characters (models can emit them), keeping newlines and tabs."""
+    return "".join(ch for ch in text if ch in "\n\t" or not unicodedata.category(ch).startswith("C"))
+
+
 def parse_story(text: str) -> tuple[str, str]:
     """(title, body) from the story-writer's output.
 
@@ -22,6 +28,7 @@ def parse_story(text: str) -> tuple[str, str]:
     by more text (the story-writer's format); otherwise the first sentence, and the body keeps all the text.
     Never returns an empty title.
     """
+    text = printable(text)
     lines = text.strip().splitlines()
     if not lines:
         return UNTITLED, ""
@@ -44,7 +51,7 @@ def parse_image_prompt(text: str) -> tuple[str, str]:
     """
     prompt_lines: list[str] = []
     negative = ""
-    for line in text.strip().splitlines():
+    for line in printable(text).strip().splitlines():
         match = _NEGATIVE_LINE.match(line)
         if match:
             negative = match.group("negative")

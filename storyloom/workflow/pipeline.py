@@ -20,7 +20,7 @@ from storyloom.settings import Settings
 from storyloom.workflow.draft import MAX_SEED, StoryDraft, StoryOptions
 from storyloom.workflow.events import BASE_MODEL, StoryEvent, fallback_source
 from storyloom.workflow.job import Job, JobCancelled
-from storyloom.workflow.parsing import fit_clip_prompt, parse_image_prompt, parse_story
+from storyloom.workflow.parsing import fit_clip_prompt, parse_image_prompt, parse_story, printable
 from storyloom.workflow.prompts import CONCEPT_PROMPT
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class StoryPipeline:
         job.track(handle)
         for delta in handle:
             job.emit(StoryEvent("text_delta", "concept", text=delta, source=BASE_MODEL))
-        text = self._finished_text(handle, "concept", job)
+        text = printable(self._finished_text(handle, "concept", job))
         draft.concept = text
         draft.sources["concept"] = BASE_MODEL
         draft.sampling["concept"] = dataclasses.asdict(sampling)
