@@ -25,9 +25,7 @@ def draw_icon() -> Image.Image:
     pixels = ImageDraw.Draw(gradient)
     for y in range(SIZE):
         t = y / (SIZE - 1)
-        pixels.line(
-            [(0, y), (SIZE, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(TOP, BOTTOM, strict=True))
-        )
+        pixels.line([(0, y), (SIZE, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(TOP, BOTTOM, strict=True)))
     mask = Image.new("L", (SIZE, SIZE), 0)
     ImageDraw.Draw(mask).rounded_rectangle([8, 8, SIZE - 9, SIZE - 9], radius=48, fill=255)
     icon = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))

@@ -156,9 +156,7 @@ def query_driver(run: Callable[[Sequence[str]], str] = _run_nvidia_smi) -> Drive
         gpus = parse_gpu_csv(run(["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]))
         cuda = parse_cuda_version(run([]))
     except FileNotFoundError:
-        return DriverReport(
-            (), None, "nvidia-smi was not found: no NVIDIA driver is installed, or it is not on PATH"
-        )
+        return DriverReport((), None, "nvidia-smi was not found: no NVIDIA driver is installed, or it is not on PATH")
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         return DriverReport((), None, f"nvidia-smi failed: {exc}")
     if not gpus:
@@ -248,9 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m storyloom.gpucheck",
         description="Check the NVIDIA GPU, driver and free disk before downloading models. Advice only.",
     )
-    parser.add_argument(
-        "--torch-index", action="store_true", help="print 'TAG URL' of the PyTorch wheel index"
-    )
+    parser.add_argument("--torch-index", action="store_true", help="print 'TAG URL' of the PyTorch wheel index")
     parser.add_argument("--models-dir", type=Path, default=None, help="where the models will be stored")
     parser.add_argument(
         "--need-gb",
