@@ -280,3 +280,13 @@ def test_final_file_appears_only_complete(hub, manager, tmp_path):
     manager.download(plan, tmp_path, on_progress=watch)
     assert not any(seen_final[: -(-len(BIG) // CHUNK)])
     assert Path(tmp_path / "model.safetensors").stat().st_size == len(BIG)
+
+
+def test_cancel_before_a_retry_stops_without_another_request(hub, tmp_path):
+    plan = serve_model(hub)
+    hub.fail_status["/m/model.safetensors"] = 503
+    cancel = threading.Event()
+    cancel.set()
+    with DownloadManager(max_retries=5, retry_delay_s=0.0) as manager, pytest.raises(DownloadCancelledError):
+        manager.download(plan, tmp_path, cancel=cancel)
+    assert hub.gets("/m/model.safetensors") == []

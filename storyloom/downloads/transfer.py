@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -111,6 +110,7 @@ class FileTransfer:
     def _fetch(self, on_bytes: Callable[[int], None], *, max_retries: int, retry_delay_s: float) -> None:
         failures = 0
         while self.remote.size is None or self.bytes_done < self.remote.size:
+            self._check_cancel()
             done_before = self.bytes_done
             try:
                 self._stream(on_bytes)
@@ -123,7 +123,7 @@ class FileTransfer:
                         f"the network and run the download again: it resumes at byte {self.bytes_done}."
                     ) from exc
                 logger.warning("%s: %s; resuming at byte %d", self.remote.path, exc, self.bytes_done)
-                time.sleep(retry_delay_s * failures)
+                self._cancel.wait(retry_delay_s * failures)  # a back-off that cancel cuts short
 
     def _stream(self, on_bytes: Callable[[int], None]) -> None:
         headers = dict(self._headers)
