@@ -91,6 +91,7 @@ def bench_ours(folder: Path, device: str, batches: list[int], out_len: int, root
         out["peak_load_gib"] = torch.cuda.max_memory_allocated() / 1024**3
     out["step_bytes"] = step_bytes(eng)
     out["base"] = [run_decode(eng, b, 43, out_len, [None] * b) for b in batches]
+    print("base:", out["base"], flush=True)
     prompt = list(range(10, 53))
     eng.generate([prompt], SamplingParams(max_tokens=1))
     sync()
@@ -121,6 +122,7 @@ def bench_ours(folder: Path, device: str, batches: list[int], out_len: int, root
         out[f"{label}_hot_load_s"] = load_times[0] + (time.perf_counter() - t)
         out[f"{label}_adapter_mb"] = eng.adapters.get(names[0]).size_bytes / 1e6
         out[label] = [run_decode(eng, b, 43, out_len, names[:b]) for b in batches]
+        print(f"{label}:", out[label], flush=True)
         for name in names:
             eng.adapters.unload(name)
     out["lora_slot_bytes_per_slot"] = eng.footprint().lora_slots_bytes / 8

@@ -176,7 +176,6 @@ class Engine:
 
     # ---- engine thread -----------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def step(self) -> None:
         self._reap_cancelled()
         admitted = self.scheduler.schedule(self.adapters.acquire)
@@ -185,7 +184,9 @@ class Engine:
         if self.scheduler.running:
             self._decode()
 
+    @torch.inference_mode()
     def _loop(self) -> None:
+        """Everything on the engine thread runs in inference mode: tensors made here stay writable here."""
         while True:
             with self._cv:
                 while not (self._closed or self._incoming or self._jobs or self.scheduler.running):
