@@ -9,8 +9,9 @@ import openai
 import pytest
 
 from engine import Engine, EngineConfig
-from storyloom.api import UnsafeBindError, create_app, serve, start_in_thread
+from storyloom.api import UnsafeBindError, create_app, run_server, serve, start_in_thread
 from storyloom.api.auth import is_loopback
+from storyloom.settings import Settings
 from tests.test_api_fixtures import (
     ADAPTERS,
     MAX_SEQ_LEN,
@@ -177,10 +178,14 @@ def test_bad_requests_do_not_disturb_a_running_one(engine, serve):
     assert len(recorder.handles) == 1
 
 
-def test_binding_beyond_loopback_needs_an_api_key(engine):
+def test_binding_beyond_loopback_needs_an_api_key(engine, tmp_path):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
     with pytest.raises(UnsafeBindError, match="API key"):
         start_in_thread(create_app(engine), "0.0.0.0", 0)
     with pytest.raises(UnsafeBindError, match=r"0\.0\.0\.0"):
         serve(engine, host="0.0.0.0", port=0)
+    # The CLI's entry point refuses before it spends time loading models.
+    with pytest.raises(UnsafeBindError):
+        run_server(Settings(use_demo_models=True, data_dir=tmp_path), host="192.168.1.5", port=0, api_key=None)
+    assert not any(tmp_path.iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import json
 from collections.abc import Iterator
@@ -16,9 +17,13 @@ from storyloom.settings import Settings
 from storyloom.studio import Studio
 from storyloom.workflow import StoryDraft
 from tests.test_api_fixtures import (
+    ADAPTERS,
+    RecordingEngine,
     client,
     demo_fixture,  # noqa: F401
+    engine_paused,
     serve_fixture,  # noqa: F401
+    wait_until,
 )
 
 SIZE = 512  # the smallest size the SDXL renderer accepts
@@ -116,3 +121,25 @@ def test_bad_story_requests(studio, serve):
     assert bad_size.status_code == 400 and bad_size.json()["error"]["param"] == "width"
     assert httpx.get(f"{server.url}/storyloom/stories/run-nope").status_code == 404
     assert httpx.get(f"{server.url}/storyloom/stories/run-nope/events").status_code == 404
+
+
+def test_api_and_studio_requests_share_the_engines_batches(studio, serve):
+    recorder = RecordingEngine(studio.engine)
+    api = client(serve(recorder, studio=studio))
+    messages = [{"role": "user", "content": "A lantern on a hill."}]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, engine_paused(studio.engine):
+        job = studio.compare(
+            "A lantern on a hill.", [None, ADAPTERS[0]], lambda _event: None, {"max_tokens": 6, "temperature": 0}
+        )
+        wait_until(lambda: studio.engine.stats().num_waiting >= 2)
+        answer = pool.submit(
+            api.chat.completions.create, model=ADAPTERS[1], messages=messages, max_tokens=6, temperature=0
+        )
+        (handle,) = recorder.wait_for_requests(1)
+    assert len(job.result()) == 2 and answer.result().choices[0].message.content is not None
+    shared = [
+        step
+        for step in studio.engine.stats().recent_steps
+        if step.kind == "decode" and handle.request_id in step.request_ids
+    ]
+    assert any(set(step.adapters) == {None, *ADAPTERS} for step in shared)

@@ -140,8 +140,11 @@ async def _complete(request: Request, ctx: ApiContext, body: SamplingFields, pro
     if body.stream:
         events = _stream_events(stream, reply, fmt, len(jobs), body.n, body.include_usage)
         return EventStreamResponse(until_disconnected(request, events), on_close=stream.close)
-    async with cancel_on_disconnect(request, stream.close):
-        finished = await stream.results()
+    try:
+        async with cancel_on_disconnect(request, stream.close):
+            finished = await stream.results()
+    finally:
+        stream.close()
     results = [_result_or_raise(event) for event in finished]
     return fmt.whole(reply, results, _usage(results, body.n))
 
