@@ -189,3 +189,11 @@ def test_binding_beyond_loopback_needs_an_api_key(engine, tmp_path):
     with pytest.raises(UnsafeBindError):
         run_server(Settings(use_demo_models=True, data_dir=tmp_path), host="192.168.1.5", port=0, api_key=None)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_port_in_use_is_a_clear_error(engine, serve):
+    taken = serve(engine)
+    port = int(taken.url.rsplit(":", 1)[1])
+    with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
+        start_in_thread(create_app(engine), "127.0.0.1", port)
+    assert client(taken).models.list().data[0].id == engine.model_id
