@@ -106,7 +106,8 @@ choose_torch_index() {
     "$PYTHON" -I "$REPO_DIR/storyloom/gpucheck.py" --models-dir "$DATA_DIR/models"
     case "$TORCH_INDEX" in
         auto)
-            read -r tag url < <("$PYTHON" -I "$REPO_DIR/storyloom/gpucheck.py" --torch-index)
+            read -r tag url < <("$PYTHON" -I "$REPO_DIR/storyloom/gpucheck.py" --torch-index) || true
+            [[ -n "${url:-}" ]] || die "the GPU check failed (see above); pass --torch-index URL to choose the build."
             echo "PyTorch wheel index: $tag ($url)"
             TORCH_INDEX_URL="$url"
             ;;
