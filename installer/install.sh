@@ -70,6 +70,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $PURGE -eq 0 || $ACTION == "uninstall" ]] || die "--purge only goes with --uninstall"
 
+[[ $PREFIX == /* ]] || PREFIX="$PWD/$PREFIX"  # the menu entry needs an absolute path
 VENV_PY="$PREFIX/bin/python"
 ICON_FILE="$PREFIX/storyloom.png"
 
