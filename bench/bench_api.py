@@ -4,8 +4,9 @@ python -m bench.bench_api --random-8b --out results.json   # Llama-3-8B shapes, 
 python -m bench.bench_api --model PATH --out results.json   # a real checkpoint folder
 python -m bench.bench_api --quick                           # the demo models on the CPU (smoke run)
 
-The server listens on 127.0.0.1 only. Clients (httpx, asyncio) stream `/v1/chat/completions` and rotate
-over the base model and the adapters; each measures time to first token and total time. Reports output
+The server listens on 127.0.0.1 only. Clients (httpx, asyncio) run in a separate process, so that they do
+not compete with the server and the engine for the interpreter lock; they stream `/v1/chat/completions`
+and rotate over the base model and the adapters, each measuring time to first token and total time. Reports output
 throughput (completion tokens/s over the whole run), latency percentiles, failures (must be 0) and how full
 the engine's batches were. A markdown table is printed last; --out writes everything as JSON.
 """
@@ -15,22 +16,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 
-from bench.llm_shapes import LLAMA3_8B, write_random_llama
-from engine import Engine, EngineConfig
-from storyloom.api import create_app, start_in_thread
 from storyloom.demo.corpus import CORPUS
-from storyloom.demo.demo_adapters import build_demo_adapter
+
+if TYPE_CHECKING:
+    from engine import Engine
+
+# The engine, the server and the model builders are imported inside the functions that use them: the
+# client process imports this module too and needs none of them.
 
 ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PERCENTILES = (50, 90, 99)
@@ -80,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_models(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Path]]:
     """The checkpoint folder and the adapters' PEFT folders (built once per work dir)."""
+    from bench.llm_shapes import LLAMA3_8B, write_random_llama
+    from storyloom.demo.demo_adapters import build_demo_adapter
+
     if args.quick:
         from storyloom.demo import ensure_demo_models
 
@@ -175,6 +183,15 @@ async def run_load(url: str, models: list[str], prompts: list[list[dict]], args:
     return [o for outcomes in per_client for o in outcomes]
 
 
+def client_process(
+    url: str, models: list[str], prompts: list[list[dict]], settings: dict[str, Any]
+) -> tuple[list[Outcome], float]:
+    """The whole load, run in the client process: (outcomes, wall seconds from first request to last)."""
+    start = time.perf_counter()
+    outcomes = asyncio.run(run_load(url, models, prompts, argparse.Namespace(**settings)))
+    return outcomes, time.perf_counter() - start
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {f"p{q}": None for q in PERCENTILES}
@@ -223,6 +240,9 @@ def markdown(setup: dict[str, Any], result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine import Engine, EngineConfig
+    from storyloom.api import create_app, start_in_thread
+
     args = parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="storyloom-bench-api-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -236,18 +256,17 @@ def main(argv: list[str] | None = None) -> int:
         max_loras=max(1, len(adapter_paths)),
         max_queue=max(256, args.clients * 2),
     )
-    with Engine(config) as engine:
+    clients = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    with Engine(config) as engine, clients:
         for name, path in adapter_paths.items():
             engine.adapters.load(name, path)
         models = [engine.model_id, *adapter_paths]
         prompts = make_prompts(engine, args.clients, args.prompt_tokens)
         server = start_in_thread(create_app(engine, max_queue=max(128, args.clients * 2)), "127.0.0.1", 0)
         try:
-            warm = argparse.Namespace(**{**vars(args), "clients": 1, "requests": 1, "max_tokens": 4})
-            asyncio.run(run_load(server.url, models, prompts, warm))
-            start = time.perf_counter()
-            outcomes = asyncio.run(run_load(server.url, models, prompts, args))
-            wall = time.perf_counter() - start
+            warm_up = {**vars(args), "clients": 1, "requests": 1, "max_tokens": 4}
+            clients.submit(client_process, server.url, models, prompts, warm_up).result()
+            outcomes, wall = clients.submit(client_process, server.url, models, prompts, vars(args)).result()
             result = summarize(outcomes, wall, engine)
         finally:
             server.stop()
