@@ -124,6 +124,7 @@ class Studio:
         self._models: LoadedModels | None = None
         self._pipeline: StoryPipeline | None = None
         self._plan: Any | None = None
+        self._model_bytes = (0, 0)  # (LLM, SDXL) bytes, measured once loaded
         self._start_future: Future[StudioStatus] | None = None
         self._load_error: str | None = None
         self._jobs: set[Job] = set()
@@ -373,8 +374,8 @@ class Studio:
             device_name=device_name,
             vram_total_bytes=vram_total,
             vram_used_bytes=vram_used,
-            llm_bytes=engine.footprint().total_bytes,
-            sdxl_bytes=renderer.footprint().weights_bytes if renderer is not None else 0,
+            llm_bytes=self._model_bytes[0],
+            sdxl_bytes=self._model_bytes[1],
             plan_name=plan.name if plan is not None else "",
             plan_estimate_bytes=plan.estimated_peak_bytes if plan is not None else 0,
             plan_notes=tuple(plan.notes) if plan is not None else (),
@@ -424,6 +425,9 @@ class Studio:
                     models.engine.close()
                     raise NotReadyError("the studio was closed while the models were loading")
                 self._models, self._pipeline = models, pipeline
+                # Fixed once loaded; status() is polled from GUI threads and must stay cheap.
+                sdxl_bytes = models.renderer.footprint().weights_bytes if models.renderer is not None else 0
+                self._model_bytes = (models.engine.footprint().total_bytes, sdxl_bytes)
         except BaseException as exc:
             self._load_error = describe_error(exc)
             log.error("loading the models failed: %s", self._load_error)

@@ -7,7 +7,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -32,6 +32,18 @@ MIN_ANSWER_TOKENS = 16
 
 class PipelineError(StoryloomError):
     """A story step could not finish (the model failed, or wrote nothing usable)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _RenderTask:
+    """A render queued on the engine thread; ``cancel`` stops it even when the job itself goes on."""
+
+    future: Future
+    stop: threading.Event
+
+    def cancel(self) -> None:
+        self.stop.set()
+        self.future.cancel()
 
 
 @dataclasses.dataclass
@@ -133,7 +145,7 @@ class StoryPipeline:
         story_row, prompt_row = rows
         draft.model_ids["llm"] = self.engine.model_id
 
-        pending_render: Future | None = None
+        pending_render: _RenderTask | None = None
         try:
             prompt_text = self._finished_text(prompt_row.handle, "prompt", job, prompt_row.reader)
             draft.image_prompt, draft.negative_prompt = parse_image_prompt(prompt_text)
@@ -265,7 +277,7 @@ class StoryPipeline:
     def _both_resident(self) -> bool:
         return bool(self.plan is not None and getattr(self.plan, "both_resident", False))
 
-    def _start_render(self, draft: StoryDraft, job: Job) -> Future:
+    def _start_render(self, draft: StoryDraft, job: Job) -> _RenderTask:
         if draft.seed is None:
             draft.seed = secrets.randbelow(MAX_SEED + 1)
         image = self.settings.image
@@ -279,9 +291,10 @@ class StoryPipeline:
             scheduler=image.scheduler,
             seed=draft.seed,
         )
-        source = f"SDXL ({self.renderer.model_id})" if getattr(self.renderer, "model_id", "") else "SDXL"
+        source = f"SDXL ({self.renderer.model_id})"
         job.emit(StoryEvent("step_started", "image", source=source))
         started = time.perf_counter()
+        stop = threading.Event()
 
         def on_progress(p: Any) -> None:
             progress = (p.step, p.total)
@@ -292,23 +305,20 @@ class StoryPipeline:
                 self.renderer.render(
                     params,
                     on_progress=on_progress,
-                    should_cancel=lambda: job.cancelled,
-                    between_steps=self._between_steps(),
+                    should_cancel=lambda: job.cancelled or stop.is_set(),
+                    between_steps=self.engine.step_between,
                 ),
                 time.perf_counter() - started,
                 source,
             )
 
-        future = self.engine.run_on_engine_thread(work)
-        job.track(future)
-        return future
+        task = _RenderTask(self.engine.run_on_engine_thread(work), stop)
+        job.track(task)
+        return task
 
-    def _between_steps(self) -> Callable[[], None]:
-        return self.engine.step_between
-
-    def _finish_render(self, draft: StoryDraft, future: Future, job: Job) -> StoryDraft:
+    def _finish_render(self, draft: StoryDraft, task: _RenderTask, job: Job) -> StoryDraft:
         try:
-            result, seconds, source = future.result()
+            result, seconds, source = task.future.result()
         except RenderCancelledError as exc:
             raise JobCancelled from exc
         job.check_cancelled()
@@ -319,9 +329,7 @@ class StoryPipeline:
         draft.steps = result.params.get("steps", draft.steps)
         draft.sources["image"] = source
         draft.timings["image"] = seconds
-        model_id = getattr(self.renderer, "model_id", "")
-        if model_id:
-            draft.model_ids["sdxl"] = model_id
+        draft.model_ids["sdxl"] = self.renderer.model_id
         job.keep_partial(draft.copy())
         job.emit(StoryEvent("image_done", "image", image=draft.image, draft=draft.copy(), source=source))
         return draft
