@@ -197,3 +197,11 @@ def test_a_port_in_use_is_a_clear_error(engine, serve):
     with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
         start_in_thread(create_app(engine), "127.0.0.1", port)
     assert client(taken).models.list().data[0].id == engine.model_id
+
+
+def test_unknown_routes_answer_in_openai_format(engine, serve):
+    server = serve(engine)
+    missing = httpx.get(f"{server.url}/v1/embeddings")
+    assert missing.status_code == 404 and "/v1/embeddings" in error_of(missing)["message"]
+    wrong_method = httpx.put(f"{server.url}/v1/models")
+    assert wrong_method.status_code == 405 and error_of(wrong_method)["type"] == "invalid_request_error"

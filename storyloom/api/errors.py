@@ -117,10 +117,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return _validation_error(exc).response()
 
-    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = "not_found" if exc.status_code == 404 else None
-        return ApiError(exc.status_code, str(exc.detail), code=code, headers=exc.headers).response()
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return ApiError(exc.status_code, message, code=code, headers=exc.headers).response()
 
     async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error in the API server")
