@@ -45,7 +45,7 @@ class Engine:
             self.dtype,
             config.quantization,
             config.max_seq_len,
-            kernels_available(self.device),
+            config.kernels == "triton" and kernels_available(self.device),
         )
         self.args: LlamaArgs = self.model.args
         self.encoder = PromptEncoder(folder, self.args)
