@@ -249,6 +249,8 @@ class TerminalPrinter:
 def cmd_adapters_list(args: argparse.Namespace) -> int:
     with _studio() as studio:
         rows = studio.list_adapters()
+        if studio.is_demo:
+            print("Demo mode: the built-in adapters run with the demo models' own random weights.")
     if not rows:
         print("No adapters.")
         return EXIT_OK

@@ -20,6 +20,7 @@ from engine.errors import InvalidRequestError, StoryloomError
 from storyloom.library import StoryLibrary
 from storyloom.workflow import CompareRow, Job, StoryDraft, StoryEvent, StoryOptions
 from storyloom.workflow.compare import run_compare
+from storyloom.workflow.draft import check_seed
 from storyloom.workflow.job import describe_error
 
 if TYPE_CHECKING:
@@ -131,10 +132,6 @@ class Studio:
         self._executor = ThreadPoolExecutor(max_workers=MAX_PARALLEL_JOBS, thread_name_prefix="storyloom-job")
         self._closed = False
 
-    settings: Settings
-    library: StoryLibrary
-    adapter_store: AdapterStore
-
     # --- lifecycle --------------------------------------------------------------------------------------
     def start(self, *, render: bool = True) -> Future[StudioStatus]:
         """Load the LLM (and, with ``render``, the SDXL renderer) on a background thread.
@@ -224,7 +221,7 @@ class Studio:
         pipeline = self._require_pipeline()
         if not draft.concept.strip():
             raise InvalidRequestError("draft: it has no concept yet; generate a story first")
-        base = draft.copy()
+        base = draft.copy(demo=draft.demo or self.is_demo)
         render = base.image is not None and pipeline.renderer is not None
         options = StoryOptions()
         return self._submit(
@@ -233,14 +230,16 @@ class Studio:
 
     def new_image(self, draft: StoryDraft, on_event: EventCallback, seed: int | None = None) -> Job:
         """Same prompt, a new image (``seed`` None picks a fresh random seed)."""
-        StoryOptions(seed=seed)  # validates the seed
-        return self._render_job(draft.copy(seed=seed), on_event)
+        check_seed(seed)
+        return self._render_job(draft.copy(seed=seed, demo=draft.demo or self.is_demo), on_event)
 
     def rerender(self, draft: StoryDraft, prompt: str, negative: str, on_event: EventCallback) -> Job:
         """Draw again with an edited prompt and negative prompt (same seed as the draft)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidRequestError("prompt: must not be empty")
-        edited = draft.copy(image_prompt=prompt.strip(), negative_prompt=(negative or "").strip())
+        edited = draft.copy(
+            image_prompt=prompt.strip(), negative_prompt=(negative or "").strip(), demo=draft.demo or self.is_demo
+        )
         edited.sources["prompt"] = "edited by you"
         return self._render_job(edited, on_event)
 
@@ -274,44 +273,43 @@ class Studio:
     # --- adapters ---------------------------------------------------------------------------------------
     def list_adapters(self) -> list[AdapterRow]:
         """Built-in adapters first, then imported ones; loaded adapters report the engine's view of them."""
-        loaded = {info.name: info for info in self._models.engine.adapters.list()} if self.is_ready else {}
+        models = self._models if self.is_ready else None
+        loaded = {info.name: info for info in models.engine.adapters.list()} if models is not None else {}
         rows = []
         for stored in self.adapter_store.list():
             info = loaded.get(stored.name)
-            if info is None:
-                rows.append(
-                    AdapterRow(
-                        name=stored.name,
-                        role=stored.role,
-                        description=stored.description,
-                        ranks=stored.ranks,
-                        target_modules=stored.target_modules,
-                        size_bytes=stored.size_bytes,
-                        sha256=self.adapter_store.sha256(stored.name),
-                        state="disk",
-                        enabled=stored.enabled,
-                        builtin=stored.builtin,
-                        installed=stored.installed,
-                        path=stored.path if stored.installed else None,
-                    )
-                )
-                continue
-            rows.append(
-                AdapterRow(
-                    name=stored.name,
-                    role=stored.role,
-                    description=stored.description,
+            common = {
+                "name": stored.name,
+                "role": stored.role,
+                "description": stored.description,
+                "enabled": stored.enabled,
+                "builtin": stored.builtin,
+            }
+            if info is not None:
+                row = AdapterRow(
+                    **common,
                     ranks=tuple(sorted(set(info.ranks.values()))),
                     target_modules=tuple(info.target_modules),
                     size_bytes=info.size_bytes,
                     sha256=info.sha256,
                     state=_ENGINE_STATES.get(info.state, "ram"),
-                    enabled=stored.enabled,
-                    builtin=stored.builtin,
                     installed=True,
                     path=Path(info.path),
                 )
-            )
+            else:
+                source = self._adapter_source(stored.name, models) if models is not None else None
+                installed = stored.installed or source is not None
+                row = AdapterRow(
+                    **common,
+                    ranks=stored.ranks,
+                    target_modules=stored.target_modules,
+                    size_bytes=stored.size_bytes,
+                    sha256=self.adapter_store.sha256(stored.name),
+                    state="disk",
+                    installed=installed,
+                    path=source or (stored.path if stored.installed else None),
+                )
+            rows.append(row)
         return rows
 
     def import_adapter(self, path: str | Path, name: str, role: str = "custom") -> AdapterRow:

@@ -92,8 +92,7 @@ class StoryOptions:
     sampling: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
-            raise ValueError(f"seed: must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
+        check_seed(self.seed)
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 64 or value % 8):
@@ -108,3 +107,9 @@ class StoryOptions:
                 raise ValueError(
                     f"sampling['{step}']: unknown setting(s) {', '.join(unknown)}; use {', '.join(SAMPLING_KEYS)}"
                 )
+
+
+def check_seed(seed: int | None) -> None:
+    """Raise ValueError unless ``seed`` is None (random) or an integer in 0..MAX_SEED."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ValueError(f"seed: must be an integer in 0..{MAX_SEED}, got {seed!r}")

@@ -87,6 +87,8 @@ class StoryPipeline:
     def run(self, draft: StoryDraft, options: StoryOptions, job: Job) -> StoryDraft:
         """The whole pipeline: concept, then story + prompt in one batch, then the image."""
         draft = self.write_concept(draft, options, job)
+        if options.render_image and self.renderer is None:
+            job.emit(StoryEvent("notice", "image", text="No SDXL model is loaded, so this story gets no picture."))
         render = options.render_image and self.renderer is not None
         return self.write_story_and_prompt(draft, options, job, render=render)
 
