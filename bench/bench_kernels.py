@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.util
 import json
 import multiprocessing
 import statistics
@@ -37,6 +38,7 @@ from engine.kernels import (
     nf4_matmul,
 )
 from engine.kernels.nf4_configs import Nf4Config
+from engine.kernels.nf4_reference import nf4_dequantize_reference
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 SEGMENTS = {"qkv": (4096, 5120), "o": (), "gate_up": (14336,), "down": ()}
@@ -48,12 +50,16 @@ LORA_BATCHES = (1, 4, 8)
 LORA_SETUPS = {"rank8-qkv": (8, ("qkv",)), "rank16-all7": (16, ("qkv", "o", "gate_up", "down"))}
 NUM_SLOTS = 8
 ROTATE_BYTES = 160 * 2**20  # > 3x the H100's 50 MB L2
-DOT_TILES = [(16, 256, 4), (16, 512, 4), (32, 256, 4), (32, 512, 4), (64, 128, 4), (64, 256, 4), (64, 256, 8),
-             (64, 512, 8), (128, 128, 4), (128, 256, 8)]  # fmt: skip
-FMA_TILES = [(8, 256, 2), (8, 512, 4), (16, 256, 4), (16, 512, 4), (32, 128, 4), (32, 256, 4)]
-STAGES = (1, 3)
-SPLITS = (1, 2, 4, 8, 16)
+DOT_TILES = [(bn, bk, 4, 1) for bn in (32, 64, 128) for bk in (128, 256)]  # (block_n, block_k, warps, stages)
+FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]
+LOOKUPS = (1, 3)
+SPLITS = (1, 2, 4, 8)
 DEVICE = torch.device("cuda")
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+NF4_CODE = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+            0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+            0.7229568362236023, 1.0]  # fmt: skip
 
 
 @dataclass
@@ -76,9 +82,8 @@ class Nf4Weight:
 
 
 def nf4_code() -> torch.Tensor:
-    from bitsandbytes.functional import get_4bit_type
-
-    return get_4bit_type("nf4", device=DEVICE).float()
+    """bitsandbytes' NF4 table (get_4bit_type("nf4")), fp32."""
+    return torch.tensor(NF4_CODE, dtype=torch.float32, device=DEVICE)
 
 
 def random_weight(n: int, k: int, code: torch.Tensor) -> Nf4Weight:
@@ -89,7 +94,11 @@ def random_weight(n: int, k: int, code: torch.Tensor) -> Nf4Weight:
 
 
 def quantized_weight(n: int, k: int) -> tuple[Nf4Weight, torch.Tensor]:
-    """A real bitsandbytes NF4 weight and its dequantized fp16 [N, K] reference."""
+    """An NF4 weight and its dequantized fp16 [N, K] reference: bitsandbytes' quantize/dequantize when
+    installed, else random bytes and the torch reference (bit-identical to bitsandbytes, tests/)."""
+    if not HAS_BNB:
+        w = random_weight(n, k, nf4_code())
+        return w, nf4_dequantize_reference(w.qweight, w.absmax, w.code, n, k)
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
     weight = torch.randn(n, k, device=DEVICE, dtype=torch.float16) * 0.02
@@ -184,8 +193,6 @@ def random_adapters(n: int, k: int, r: int, segments: tuple[int, ...], mixed_ran
 
 
 def run_checks() -> list[dict]:
-    from bitsandbytes import matmul_4bit
-
     from engine.kernels.nf4_triton import _tickets
 
     rows: list[dict] = []
@@ -195,8 +202,9 @@ def run_checks() -> list[dict]:
         rows.append(dict(what=what, shape=shape, m=m, rel_err=err, limit=limit, ok=ok, note=extra))
         print(f"check {what:28s} {shape:8s} M={m:<3d} rel_err={err:.2e} {'ok' if ok else 'FAIL'} {extra}", flush=True)
 
-    extra_configs = [Nf4Config(block_m=1, block_n=16, block_k=256, split_k=4, use_dot=False),
-                     Nf4Config(block_n=64, block_k=128, split_k=8), Nf4Config(block_n=128, block_k=256, num_warps=8)]  # fmt: skip
+    extra_configs = [Nf4Config(block_m=1, block_n=16, block_k=256, split_k=4, use_dot=False, lookup=lookup)
+                     for lookup in (0, 1, 3)]  # fmt: skip
+    extra_configs += [Nf4Config(block_n=64, block_k=128, split_k=8, lookup=3), Nf4Config(block_n=128, lookup=0)]
     for name, (n, k) in SHAPES.items():
         w, dense = quantized_weight(n, k)
         exact = torch.equal(nf4_dequantize(w.qweight, w.absmax, w.code, n, k), dense)
@@ -214,8 +222,11 @@ def run_checks() -> list[dict]:
                 x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
                 poison(m * n)
                 record("nf4_matmul config", name, m, rel_err(ours(x, w, cfg), x.float() @ dense.float().t()), 2e-3,
-                       f"bn={cfg.block_n} bk={cfg.block_k} split={cfg.split_k} dot={cfg.use_dot}")  # fmt: skip
-        for m in (1, 8):
+                       f"bn={cfg.block_n} bk={cfg.block_k} split={cfg.split_k} dot={cfg.use_dot} "
+                       f"lookup={cfg.lookup}")  # fmt: skip
+        for m in (1, 8) if HAS_BNB else ():
+            from bitsandbytes import matmul_4bit
+
             x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
             got = matmul_4bit(x, w.qweight.t(), w.quant_state())
             record("bnb matmul_4bit (baseline)", name, m, rel_err(got, x.float() @ dense.float().t()), 2e-3)
@@ -275,13 +286,13 @@ def check_graph_replay() -> list[dict]:
 def sweep_configs(m: int, n: int, k: int) -> list[Nf4Config]:
     configs = []
     tiles = [(16, *t, True) for t in DOT_TILES]
-    if m <= 2:
-        tiles += [(m, *t, False) for t in FMA_TILES]
-    for block_m, block_n, block_k, warps, use_dot in tiles:
-        for stages in STAGES:
+    if m == 1:
+        tiles += [(1, *t, False) for t in FMA_TILES]
+    for block_m, block_n, block_k, warps, stages, use_dot in tiles:
+        for lookup in LOOKUPS:
             for split in SPLITS:
-                if k % (split * block_k) == 0 and n % block_n == 0 and (n // block_n) * split <= 4096:
-                    configs.append(Nf4Config(block_m, block_n, block_k, split, use_dot, warps, stages))
+                if k % (split * block_k) == 0 and n % block_n == 0 and (n // block_n) * split <= 8192:
+                    configs.append(Nf4Config(block_m, block_n, block_k, split, use_dot, warps, stages, lookup))
     return configs
 
 
@@ -336,16 +347,22 @@ def run_sweep(bandwidth: float) -> tuple[dict, list[dict]]:
     rows, best = [], {}
     for name, (n, k) in SHAPES.items():
         copies = rotating_copies(n, k, code)
+        dense = nf4_dequantize_reference(copies[0].qweight, copies[0].absmax, code, n, k).float()  # [N, K]
         for m in SWEEP_M:
             x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+            expected = x.float() @ dense.t()
             for cfg in sweep_configs(m, n, k):
                 try:
+                    err = rel_err(ours(x, copies[0], cfg), expected)
                     ms = per_call_ms(lambda w, cfg=cfg, x=x: ours(x, w, cfg), copies)
                 except Exception as exc:
                     print(f"sweep {name} M={m} {cfg} failed: {type(exc).__name__}", flush=True)
                     continue
                 frac = copies[0].nbytes / bandwidth / (ms / 1e3)
-                rows.append(dict(shape=name, m=m, ms=ms, floor_fraction=frac, **asdict(cfg)))
+                rows.append(dict(shape=name, m=m, ms=ms, floor_fraction=frac, rel_err=err, **asdict(cfg)))
+                if not err < 2e-3:  # a wrong config (NaN included) is never picked
+                    print(f"sweep {name} M={m} {cfg} WRONG rel_err={err:.2e}", flush=True)
+                    continue
                 if (name, m) not in best or ms < best[(name, m)][0]:
                     best[(name, m)] = (ms, cfg)
             ms, cfg = best[(name, m)]
@@ -355,24 +372,28 @@ def run_sweep(bandwidth: float) -> tuple[dict, list[dict]]:
     for (name, m), (_, cfg) in best.items():
         n, k = SHAPES[name]
         tuned[(n, k, m)] = cfg
-        if m == 1:
-            tuned[(n, k, 2)] = cfg if cfg.block_m >= 2 else replace(cfg, block_m=2)
+        if m == 4:
+            tuned[(n, k, 2)] = cfg
     return tuned, rows
 
 
 # ---------------------------------------------------------------- bench
 
 
-def run_bench(bandwidth: float) -> dict:
-    from bitsandbytes import matmul_4bit
+def matmul_4bit(x, qweight, state):
+    from bitsandbytes import matmul_4bit as bnb_matmul_4bit
 
+    return bnb_matmul_4bit(x, qweight, state)
+
+
+def run_bench(bandwidth: float) -> dict:
     code = nf4_code()
     out: dict = {"per_linear": [], "step": [], "lora": []}
     for name, (n, k) in SHAPES.items():
         copies = rotating_copies(n, k, code)
-        states = [w.quant_state() for w in copies]
+        states = [w.quant_state() for w in copies] if HAS_BNB else []
         floor_ms = copies[0].nbytes / bandwidth * 1e3
-        for m in (1, 8):
+        for m in (1, 8) if HAS_BNB else ():
             x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
             pairs = list(zip(copies, states, strict=True))
             ms = guarded(lambda x=x, pairs=pairs: [matmul_4bit(x, w.qweight.t(), s) for w, s in pairs]) / len(pairs)
@@ -384,7 +405,7 @@ def run_bench(bandwidth: float) -> dict:
         x = torch.randn(16, k, device=DEVICE, dtype=torch.float16)
         ms = per_call_ms(lambda w, x=x: F.linear(x, nf4_dequantize(w.qweight, w.absmax, w.code, w.n, w.k)), copies)
         out["per_linear"].append(dict(impl="dequantize+cublas", shape=name, m=16, ms=ms, floor_ms=floor_ms))
-        for row in out["per_linear"][-len(BATCHES) - 3 :]:
+        for row in out["per_linear"][-len(BATCHES) - 1 - 2 * HAS_BNB :]:
             print(f"linear {row['impl']:18s} {name:8s} M={row['m']:<3d} {row['ms'] * 1e3:8.1f} us "
                   f"({row['floor_ms'] / row['ms']:.0%} of floor)", flush=True)  # fmt: skip
         del copies, states
@@ -403,15 +424,15 @@ def run_bench(bandwidth: float) -> dict:
                 linear(xs[w.k][:m], w)
         F.linear(xs[LM_HEAD[1]][:m], lm_head)
 
-    states = [{name: w.quant_state() for name, w in layer.items()} for layer in layers]
-    state_of = {id(w): states[i][name] for i, layer in enumerate(layers) for name, w in layer.items()}
+    states = [{name: w.quant_state() for name, w in layer.items()} for layer in layers] if HAS_BNB else []
+    state_of = {id(w): states[i][name] for i, layer in enumerate(states and layers) for name, w in layer.items()}
 
     def bnb_linear(x, w):
         return matmul_4bit(x, w.qweight.t(), state_of[id(w)])
 
     lm_ms = time_graph(lambda: F.linear(xs[LM_HEAD[1]][:1], lm_head))
     out["lm_head_ms_m1"] = lm_ms
-    for impl, linear, batches in (("bnb", bnb_linear, (1, 8)), ("ours", ours, BATCHES)):
+    for impl, linear, batches in (("bnb", bnb_linear, (1, 8) if HAS_BNB else ()), ("ours", ours, BATCHES)):
         for m in batches:
             ms = guarded(lambda m=m, linear=linear: step(m, linear), reps=10)
             out["step"].append(dict(impl=impl, m=m, ms=ms, floor_ms=floor_ms, floor_fraction=floor_ms / ms))

@@ -22,7 +22,13 @@ from bitsandbytes.functional import dequantize_4bit, quantize_4bit  # noqa: E402
 from engine.kernels import LoraExpand, lora_reference  # noqa: E402
 from engine.kernels.lora_triton import lora_expand_triton, lora_shrink_triton  # noqa: E402
 from engine.kernels.nf4_configs import Nf4Config  # noqa: E402
-from engine.kernels.nf4_triton import _num_sms, _tickets, nf4_dequantize_triton, nf4_matmul_triton  # noqa: E402
+from engine.kernels.nf4_triton import (  # noqa: E402
+    _num_sms,
+    _tickets,
+    byte_pair_table,
+    nf4_dequantize_triton,
+    nf4_matmul_triton,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _num_sms.setdefault(torch.device("cpu"), 4)
@@ -30,7 +36,7 @@ CONFIGS = [
     Nf4Config(block_n=32, block_k=128),
     Nf4Config(block_n=16, block_k=64, split_k=4),
     Nf4Config(block_m=1, block_n=16, block_k=128, split_k=2, use_dot=False),
-    Nf4Config(block_m=4, block_n=8, block_k=64, use_dot=False),
+    Nf4Config(block_m=1, block_n=8, block_k=64, use_dot=False, split_k=4),
 ]
 
 
@@ -103,3 +109,11 @@ def test_lora_segments_of_a_fused_projection() -> None:
     fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=Nf4Config(block_n=64, block_k=64), lora=lora)
     base = (x.float() @ reference.float().t()).to(torch.float16)
     assert _rel(fused, lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float(), segments)) < 1e-3
+
+
+def test_byte_pair_table_holds_both_nibbles_of_each_byte() -> None:
+    code = torch.linspace(-1.0, 1.0, 16, device=DEVICE)
+    pairs = byte_pair_table(code).view(torch.float16).reshape(256, 2).float()  # [byte, (even, odd)]
+    byte = torch.arange(256, device=DEVICE)
+    assert torch.equal(pairs[:, 0], code[byte >> 4].half().float())
+    assert torch.equal(pairs[:, 1], code[byte & 15].half().float())

@@ -12,7 +12,7 @@ MAX_SMALL_M = 16
 
 @dataclass(frozen=True)
 class Nf4Config:
-    """One launch shape. `use_dot` multiplies on tensor cores (block_m must be >= 16); otherwise FMAs."""
+    """One launch shape. `use_dot` multiplies on tensor cores (block_m >= 16); otherwise FMAs, one row."""
 
     block_m: int = 16
     block_n: int = 32
@@ -21,16 +21,21 @@ class Nf4Config:
     use_dot: bool = True
     num_warps: int = 4
     num_stages: int = 3
+    lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX fp16 pair per byte
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "num_warps"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"{name}: must be a power of two, got {value}")
+        if self.lookup not in (0, 1, 3):
+            raise ValueError(f"lookup: must be 0, 1 or 3, got {self.lookup}")
         if self.split_k < 1 or self.num_stages < 1:
             raise ValueError(f"split_k and num_stages: must be >= 1, got {self.split_k}, {self.num_stages}")
-        if self.use_dot and (self.block_m < 16 or self.block_n < 16 or self.block_k < 16):
-            raise ValueError("use_dot: block_m, block_n and block_k must each be >= 16 for tensor cores")
+        if self.use_dot and (self.block_m < 16 or self.block_n < 16 or self.block_k < 64):
+            raise ValueError("use_dot: tensor cores need block_m >= 16, block_n >= 16 and block_k >= 64")
+        if not self.use_dot and self.block_m != 1:
+            raise ValueError(f"use_dot: the FMA path computes one row per program (block_m 1), got {self.block_m}")
 
 
 def m_bucket(m: int) -> int:

@@ -1,15 +1,18 @@
 """Triton NF4 matmul for small M (decode), reading bitsandbytes' packed layout directly.
 
 Each program owns a [BLOCK_M, BLOCK_N] output tile and a slice of K (split-K). Per K step it loads the
-packed bytes of a [BLOCK_N, BLOCK_K] weight tile once, looks the nibbles up in the 16-entry NF4 table
-(L1-resident), scales by the per-64 absmax in fp32 and multiplies on tensor cores (fp16 operands, fp32
-accumulation) or with FMAs. Split-K partials go to a workspace; the last program to finish a tile (an
+packed bytes of BLOCK_K / 64 absmax blocks of BLOCK_N rows once, as a [BLOCK_N, blocks, 32] tile, looks
+both nibbles up in the 16-entry NF4 table (L1-resident), keeps even and odd k apart (no interleave, no
+reshape of the tile for the FMA path) and multiplies them with the even and odd columns of x: on tensor
+cores (fp16 operands, fp32 accumulation) or, for one row, with FMAs in the tile's own layout. Split-K partials go to a workspace; the last program to finish a tile (an
 atomic ticket per tile, reset by that program) sums them in a fixed order, so results are deterministic.
 No host syncs and fixed-size allocations only: CUDA-graph capturable once the ticket buffer exists
 (call once before capture, as any warm-up does).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -19,24 +22,56 @@ from engine.kernels.lora_triton import block_r, lora_delta_tile, segment_args
 from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config, pick_config
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter cannot run inline PTX
 TICKETS = 1 << 16
 _tickets: dict[torch.device, torch.Tensor] = {}
 _num_sms: dict[torch.device, int] = {}
+_pair_tables: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+_NIBBLE_LOOKUP = tl.constexpr("{ .reg .b64 a; mad.wide.u32 a, $1, 4, $2; ld.global.nc.f32 $0, [a]; }")
+_BYTE_LOOKUP = tl.constexpr(
+    "{ .reg .b64 a; .reg .b32 r; .reg .b16 e, o; mad.wide.u32 a, $2, 4, $3; ld.global.nc.b32 r, [a];"
+    " mov.b32 {e, o}, r; cvt.f32.f16 $0, e; cvt.f32.f16 $1, o; }"
+)
 
 
 @triton.jit
-def _dequant_tile(q_ptr, absmax_ptr, code_ptr, rows, k0, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP: tl.constexpr):  # fmt: skip
-    """fp32 [BLOCK_N, BLOCK_K] weight tile at (rows, k0): code[nibble] * absmax[row, k // GROUP]."""
-    offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(q_ptr + rows[:, None] * (K // 2) + offs_b[None, :])  # [BN, BK/2] uint8
-    hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))  # even k
-    lo = tl.load(code_ptr + (packed & 0xF).to(tl.int32))  # odd k
-    w = tl.interleave(hi, lo)  # [BN, BK]
-    offs_g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
-    scale = tl.load(absmax_ptr + rows[:, None] * (K // GROUP) + offs_g[None, :])  # [BN, BK/GROUP]
-    w = tl.reshape(w, (BLOCK_N, BLOCK_K // GROUP, GROUP)) * scale[:, :, None]
-    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+def _lookup_pairs(code_ptr, packed, LOOKUP: tl.constexpr):
+    """(code[high nibble], code[low nibble]) of each packed byte, fp32.
+
+    LOOKUP 0: tl.load gathers (the Triton interpreter's path). Triton gives a gather load its own
+    register layout and converts the whole tile through shared memory to get there. LOOKUP 1 and 3 read
+    the table with inline PTX instead, an elementwise op, so the tile keeps the packed bytes' layout:
+    1 reads code[nibble] twice per byte; 3 reads one 32-bit word per byte from a 256-entry table of
+    (code[high], code[low]) fp16 pairs (`code_ptr` then points at that table, see byte_pair_table):
+    half the loads and address arithmetic (the weights are then fp16(code) * absmax)."""
+    if LOOKUP == 0:
+        return tl.load(code_ptr + (packed >> 4).to(tl.int32)), tl.load(code_ptr + (packed & 0xF).to(tl.int32))
+    base = tl.zeros_like(packed).to(tl.int64) + code_ptr.to(tl.int64, bitcast=True)
+    if LOOKUP == 3:
+        return tl.inline_asm_elementwise(_BYTE_LOOKUP, "=r,=r,r,l", [packed.to(tl.int32), base],
+                                         dtype=(tl.float32, tl.float32), is_pure=True, pack=1)  # fmt: skip
+    if LOOKUP == 1:
+        high = tl.inline_asm_elementwise(_NIBBLE_LOOKUP, "=r,r,l", [(packed >> 4).to(tl.int32), base],
+                                         dtype=tl.float32, is_pure=True, pack=1)  # fmt: skip
+        low = tl.inline_asm_elementwise(_NIBBLE_LOOKUP, "=r,r,l", [(packed & 0xF).to(tl.int32), base],
+                                        dtype=tl.float32, is_pure=True, pack=1)  # fmt: skip
+        return high, low
+
+
+@triton.jit
+def _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G: tl.constexpr, HALF: tl.constexpr,
+                LOOKUP: tl.constexpr):  # fmt: skip
+    """NF4 values of blocks g0..g0+G-1 of `rows`, split by parity of k: (even, odd), each fp32
+    [BLOCK_N, G, HALF], and the blocks' absmax [BLOCK_N, G, 1]. Byte j of a block holds k = 2j (high
+    nibble) and k = 2j + 1 (low nibble)."""
+    offs_g = g0 + tl.arange(0, G)
+    offs_j = tl.arange(0, HALF)
+    packed = tl.load(q_ptr + rows[:, None, None] * (K // 2) + offs_g[None, :, None] * HALF + offs_j[None, None, :])
+    scale = tl.load(absmax_ptr + rows[:, None, None] * (K // (2 * HALF)) + offs_g[None, :, None])  # [BN, G, 1]
+    even, odd = _lookup_pairs(code_ptr, packed, LOOKUP)
+    return even, odd, scale
 
 
 @triton.jit(do_not_specialize=["M", "split_k", "lora_r", "lora_splits", "seg1", "seg2"])
@@ -46,7 +81,7 @@ def _nf4_matmul_kernel(
     M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, lora_splits, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr,
+    NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -55,18 +90,34 @@ def _nf4_matmul_kernel(
     rows = offs_n % N  # clamped for loads; stores are masked
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
+    HALF: tl.constexpr = GROUP // 2
+    G: tl.constexpr = BLOCK_K // GROUP
     offs_k = tl.arange(0, BLOCK_K)
-    k_begin = pid_k * k_per_split
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32) if USE_DOT else tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
-    for k0 in range(k_begin, k_begin + k_per_split, BLOCK_K):
-        w = _dequant_tile(q_ptr, absmax_ptr, code_ptr, rows, k0, K, BLOCK_N, BLOCK_K, GROUP)  # [BN, BK]
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :]
-        xt = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BK]
-        if USE_DOT:
-            acc = tl.dot(xt, tl.trans(w.to(tl.float16)), acc)  # [BM, BN]
-        else:
-            acc += xt.to(tl.float32)[:, None, :] * w[None, :, :]  # [BM, BN, BK]
-    out = acc if USE_DOT else tl.sum(acc, axis=2)  # [BM, BN]
+    g_begin = pid_k * (k_per_split // GROUP)
+    g_end = g_begin + k_per_split // GROUP
+    if USE_DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for g0 in range(g_begin, g_end, G):
+            even, odd, scale = _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G, HALF, LOOKUP)
+            x_ptrs = x_ptr + offs_m[:, None] * stride_xm + g0 * GROUP + offs_k[None, :]
+            x_pairs = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BLOCK_K], contiguous
+            x_even, x_odd = tl.split(tl.reshape(x_pairs, (BLOCK_M, G * HALF, 2)))  # [BM, G*HALF] each
+            w_even = tl.reshape(even * scale, (BLOCK_N, G * HALF)).to(tl.float16)  # [BN, G*HALF]
+            w_odd = tl.reshape(odd * scale, (BLOCK_N, G * HALF)).to(tl.float16)
+            acc = tl.dot(x_even, tl.trans(w_even), acc)
+            acc = tl.dot(x_odd, tl.trans(w_odd), acc)
+        out = acc
+    else:  # one row (BLOCK_M == 1), FMAs in the weights' own layout: no layout conversion of the tile
+        acc = tl.zeros((BLOCK_N, G, 1), tl.float32)
+        offs_j = tl.arange(0, HALF)
+        for g0 in range(g_begin, g_end, G):
+            even, odd, scale = _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G, HALF, LOOKUP)
+            x_ptrs = x_ptr + pid_m * stride_xm + (g0 + tl.arange(0, G))[:, None] * GROUP + 2 * offs_j[None, :]
+            x_even = tl.load(x_ptrs).to(tl.float32)  # [G, HALF]
+            x_odd = tl.load(x_ptrs + 1).to(tl.float32)
+            block_sums = tl.sum(even * x_even[None, :, :] + odd * x_odd[None, :, :], axis=2, keep_dims=True)
+            acc += block_sums * scale  # [BN, G, 1]
+        out = tl.sum(tl.sum(acc, axis=2), axis=1)[None, :]  # [1, BN]
     if IS_SPLIT:
         tile = pid_m * tl.num_programs(0) + pid_n
         tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
@@ -112,6 +163,22 @@ def _nf4_dequantize_kernel(q_ptr, absmax_ptr, code_ptr, out_ptr, num_bytes, BLOC
     w = tl.interleave(hi * scale, lo * scale)  # [2 * BLOCK]
     offs_out = tl.program_id(0) * (2 * BLOCK) + tl.arange(0, 2 * BLOCK)
     tl.store(out_ptr + offs_out, w.to(tl.float16), mask=offs_out < 2 * num_bytes)
+
+
+def byte_pair_table(code: torch.Tensor) -> torch.Tensor:
+    """int32 [256]: for byte b, the fp16 pair (code[b >> 4], code[b & 15]) (even k in the low half).
+    Built once per `code` tensor (weights' tables live as long as the weights); build it before CUDA
+    graph capture, as any warm-up call does."""
+    key = (code.device, code.data_ptr())
+    table = _pair_tables.get(key)
+    if table is None:
+        capturing = code.is_cuda and torch.cuda.is_current_stream_capturing()
+        assert not capturing, "call nf4_matmul once before CUDA graph capture"
+        byte = torch.arange(256, device=code.device)
+        pairs = torch.stack((code[byte >> 4], code[byte & 0xF]), dim=-1).to(torch.float16)  # [256, 2]
+        table = pairs.view(torch.int32).reshape(256).contiguous()
+        _pair_tables[key] = table
+    return table
 
 
 def _tickets_for(device: torch.device) -> torch.Tensor:
@@ -163,12 +230,14 @@ def nf4_matmul_triton(
         t, slot_ids, b_stack, scales, ranks, segments = lora
         lora_splits, lora_r = t.shape[1], b_stack.shape[2]
     seg1, seg2 = segment_args(segments, cfg.block_n)
+    lookup = 0 if INTERPRETED else cfg.lookup
+    table = byte_pair_table(code) if lookup == 3 else code
     _nf4_matmul_kernel[grid](
-        x, qweight, absmax, code, y, ws, tickets, t, slot_ids, b_stack, scales, ranks,
+        x, qweight, absmax, table, y, ws, tickets, t, slot_ids, b_stack, scales, ranks,
         m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, lora_r, lora_splits, seg1, seg2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
         IS_SPLIT=is_split, USE_DOT=cfg.use_dot, HAS_LORA=lora is not None,
-        BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1,
+        BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1, LOOKUP=lookup,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y
