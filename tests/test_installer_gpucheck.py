@@ -158,3 +158,12 @@ def test_a_broken_driver_is_advice_not_a_failure(tmp_path):
     assert result.returncode == 0
     assert "nvidia-smi failed" in result.stdout and "CPU only" in result.stdout
     assert run_gpucheck(["--torch-index"], tmp_path / "bin").stdout.split()[0] == "cpu"
+
+
+def test_real_nvidia_smi_output_from_a_driver_580_machine():
+    header = "| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |\n"
+    csv = "NVIDIA H100 80GB HBM3, 81559 MiB, 580.159.04\n"
+    report = query_driver(lambda args: csv if args else header)
+    assert report.gpus == (GpuInfo("NVIDIA H100 80GB HBM3", 81559, "580.159.04"),)
+    assert torch_wheel_tag(report.cuda_version) == "cu128"
+    assert vram_advice(report.best_gpu).startswith("24 GB class")
