@@ -38,7 +38,7 @@ CPU_TAG = "cpu"
 VRAM_ADVICE: tuple[tuple[int, str], ...] = (
     (
         23 * 1024,
-        "24 GB class: everything stays on the GPU ('all resident'): Llama-3-8B in 4-bit with many adapters, "
+        "24 GB or more: everything stays on the GPU ('all resident'): Llama-3-8B in 4-bit with many adapters, "
         "SDXL at 1024x1024, long stories, several stories at once.",
     ),
     (

@@ -90,7 +90,7 @@ def test_torch_advice_says_what_to_do():
 @pytest.mark.parametrize(
     ("mib", "label"),
     [
-        (24564, "24 GB class"),
+        (24564, "24 GB or more"),
         (16376, "16 GB class"),
         (12282, "12 GB class"),
         (8188, "8 GB class"),
@@ -166,4 +166,4 @@ def test_real_nvidia_smi_output_from_a_driver_580_machine():
     report = query_driver(lambda args: csv if args else header)
     assert report.gpus == (GpuInfo("NVIDIA H100 80GB HBM3", 81559, "580.159.04"),)
     assert torch_wheel_tag(report.cuda_version) == "cu128"
-    assert vram_advice(report.best_gpu).startswith("24 GB class")
+    assert vram_advice(report.best_gpu).startswith("24 GB or more")
