@@ -20,6 +20,15 @@ from storyloom.demo.tiny_sdxl import build_tiny_sdxl, build_tiny_sdxl_pipeline, 
 SDXL = ASSETS_DIR / "sdxl"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny models' ops are too small to gain from threads; on a busy 2-core box threads cost 5-10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_sdxl")

@@ -24,6 +24,15 @@ GiB = 1024**3
 SMALL = {"width": 512, "height": 512, "steps": 3}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny models' ops are too small to gain from threads; on a busy 2-core box threads cost 5-10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return build_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl", seed=1)
@@ -32,6 +41,14 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def renderer(folder):
     return SDXLRenderer.load(folder)
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    """Plain diffusers on the same folder: the independent reference."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _pixels(result) -> np.ndarray:
@@ -48,9 +65,8 @@ REFERENCE_SCHEDULERS = {
 
 
 @pytest.mark.parametrize("scheduler", sorted(REFERENCE_SCHEDULERS))
-def test_same_image_as_plain_diffusers(folder, renderer, scheduler):
-    ref = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
-    ref.set_progress_bar_config(disable=True)
+def test_same_image_as_plain_diffusers(reference, renderer, scheduler):
+    ref = reference
     ref.scheduler = REFERENCE_SCHEDULERS[scheduler](ref.scheduler.config)
     negative = "blurry" if scheduler == "euler" else None
     expected = ref(

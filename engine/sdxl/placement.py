@@ -31,12 +31,12 @@ def apply_placement(pipe: StableDiffusionXLPipeline, placement: str, device: str
 
 
 def release_memory(pipe: StableDiffusionXLPipeline) -> None:
-    """Send offloaded components back to the CPU and return cached CUDA blocks."""
+    """After an out-of-memory error: offloaded components back to the CPU, cached CUDA blocks returned."""
     pipe.maybe_free_model_hooks()
     empty_cache()
 
 
 def empty_cache() -> None:
-    gc.collect()
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()

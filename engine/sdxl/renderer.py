@@ -206,7 +206,7 @@ class SDXLRenderer:
             image, upcast = decode_latents(pipe.vae, latents)
             pil = pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
         finally:
-            release_memory(pipe)
+            pipe.maybe_free_model_hooks()  # with model offload: the VAE goes back to the CPU
         if upcast:
             warnings.append("the VAE gave a NaN/black image in fp16; decoded again in fp32")
         done = perf_counter()
