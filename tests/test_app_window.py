@@ -72,27 +72,41 @@ def _wait_idle(qtbot, window: MainWindow) -> None:
     qtbot.waitUntil(lambda: not window.workspace.is_busy, timeout=RUN_TIMEOUT_MS)
 
 
-def test_generate_end_to_end(qtbot, open_window):
+def test_generate_end_to_end_while_the_window_stays_responsive(qtbot, open_window):
     window = open_window()
     workspace = window.workspace
     assert window.library.model.rowCount() == 0
+    gaps: list[float] = []  # event-loop latency: the GUI thread never runs model work
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer(interval=20)
+    timer.timeout.connect(tick)
+    timer.start()
     _generate(qtbot, window)
     _wait_idle(qtbot, window)
-    assert not workspace.message.isVisible() or workspace.message.objectName() != "inlineError", (
+    timer.stop()
+    assert workspace.message.objectName() != "inlineError" or not workspace.message.isVisible(), (
         workspace.message.text()
     )
     assert workspace.concept_pane.text().strip()
     assert workspace.story_pane.text().strip()
     assert workspace.prompt_pane.text().strip()
     assert workspace.concept_pane.source_text() == "base model"
-    for pane in (workspace.story_pane, workspace.prompt_pane):  # an adapter, or the plain fallback notice
-        assert pane.source_text()
+    assert workspace.story_pane.source_text() == "story-writer"  # the demo models install both adapters
+    assert workspace.prompt_pane.source_text() == "sdxl-prompter"
     image = workspace.image_panel.final_image()
     assert image is not None and not image.isNull()
     assert workspace.draft is not None and workspace.draft.story_id
     qtbot.waitUntil(lambda: window.library.model.rowCount() == 1, timeout=10_000)
     assert window.library.model.story_at(0).id == workspace.draft.story_id
     assert workspace.new_story_button.isEnabled() and workspace.new_image_button.isEnabled()
+    assert len(gaps) > 10
+    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.3f} s"
 
 
 def test_stop_mid_stream_saves_nothing(qtbot, open_window):
@@ -107,27 +121,6 @@ def test_stop_mid_stream_saves_nothing(qtbot, open_window):
     assert workspace.image_panel.final_image() is None
     assert window.client.studio.library.list() == []
     assert workspace.generate_button.isEnabled()
-
-
-def test_window_stays_responsive_while_generating(qtbot, open_window):
-    window = open_window()
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer(interval=20)
-    timer.timeout.connect(tick)
-    timer.start()
-    _generate(qtbot, window)
-    _wait_idle(qtbot, window)
-    timer.stop()
-    assert window.workspace.image_panel.final_image() is not None
-    assert len(gaps) > 10
-    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.3f} s"
 
 
 def test_close_mid_generation_cancels_and_leaves_library_clean(qtbot, open_window):
