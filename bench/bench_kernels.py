@@ -51,8 +51,8 @@ LORA_SETUPS = {"rank8-qkv": (8, ("qkv",)), "rank16-all7": (16, ("qkv", "o", "gat
 NUM_SLOTS = 8
 ROTATE_BYTES = 160 * 2**20  # > 3x the H100's 50 MB L2
 DOT_TILES = [(bn, bk, 4, 1) for bn in (32, 64, 128) for bk in (128, 256)]  # (block_n, block_k, warps, stages)
-FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]
-LOOKUPS = (1, 3)
+FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
+LOOKUPS = (3,)  # the byte-pair table; --check covers lookups 0 and 1 too
 SPLITS = (1, 2, 4, 8)
 DEVICE = torch.device("cuda")
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
@@ -365,8 +365,9 @@ def run_sweep(bandwidth: float) -> tuple[dict, list[dict]]:
                     continue
                 if (name, m) not in best or ms < best[(name, m)][0]:
                     best[(name, m)] = (ms, cfg)
-            ms, cfg = best[(name, m)]
-            print(f"sweep best {name:8s} M={m:<3d} {ms * 1e3:8.1f} us  {cfg}", flush=True)
+            if (name, m) in best:
+                ms, cfg = best[(name, m)]
+                print(f"sweep best {name:8s} M={m:<3d} {ms * 1e3:8.1f} us  {cfg}", flush=True)
         del copies
     tuned = {}
     for (name, m), (_, cfg) in best.items():

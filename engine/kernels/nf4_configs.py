@@ -21,7 +21,7 @@ class Nf4Config:
     use_dot: bool = True
     num_warps: int = 4
     num_stages: int = 3
-    lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX fp16 pair per byte
+    lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX pair per byte
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "num_warps"):

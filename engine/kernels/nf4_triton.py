@@ -30,10 +30,7 @@ _pair_tables: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 _NIBBLE_LOOKUP = tl.constexpr("{ .reg .b64 a; mad.wide.u32 a, $1, 4, $2; ld.global.nc.f32 $0, [a]; }")
-_BYTE_LOOKUP = tl.constexpr(
-    "{ .reg .b64 a; .reg .b32 r; .reg .b16 e, o; mad.wide.u32 a, $2, 4, $3; ld.global.nc.b32 r, [a];"
-    " mov.b32 {e, o}, r; cvt.f32.f16 $0, e; cvt.f32.f16 $1, o; }"
-)
+_BYTE_LOOKUP = tl.constexpr("{ .reg .b64 a; mad.wide.u32 a, $2, 8, $3; ld.global.nc.v2.f32 {$0, $1}, [a]; }")
 
 
 @triton.jit
@@ -43,9 +40,9 @@ def _lookup_pairs(code_ptr, packed, LOOKUP: tl.constexpr):
     LOOKUP 0: tl.load gathers (the Triton interpreter's path). Triton gives a gather load its own
     register layout and converts the whole tile through shared memory to get there. LOOKUP 1 and 3 read
     the table with inline PTX instead, an elementwise op, so the tile keeps the packed bytes' layout:
-    1 reads code[nibble] twice per byte; 3 reads one 32-bit word per byte from a 256-entry table of
-    (code[high], code[low]) fp16 pairs (`code_ptr` then points at that table, see byte_pair_table):
-    half the loads and address arithmetic (the weights are then fp16(code) * absmax)."""
+    1 reads code[nibble] twice per byte; 3 reads one 8-byte pair per byte from a 256-entry table of
+    (code[high], code[low]) (`code_ptr` then points at that table, see byte_pair_table): half the loads
+    and address arithmetic."""
     if LOOKUP == 0:
         return tl.load(code_ptr + (packed >> 4).to(tl.int32)), tl.load(code_ptr + (packed & 0xF).to(tl.int32))
     base = tl.zeros_like(packed).to(tl.int64) + code_ptr.to(tl.int64, bitcast=True)
@@ -100,12 +97,9 @@ def _nf4_matmul_kernel(
         for g0 in range(g_begin, g_end, G):
             even, odd, scale = _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G, HALF, LOOKUP)
             x_ptrs = x_ptr + offs_m[:, None] * stride_xm + g0 * GROUP + offs_k[None, :]
-            x_pairs = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BLOCK_K], contiguous
-            x_even, x_odd = tl.split(tl.reshape(x_pairs, (BLOCK_M, G * HALF, 2)))  # [BM, G*HALF] each
-            w_even = tl.reshape(even * scale, (BLOCK_N, G * HALF)).to(tl.float16)  # [BN, G*HALF]
-            w_odd = tl.reshape(odd * scale, (BLOCK_N, G * HALF)).to(tl.float16)
-            acc = tl.dot(x_even, tl.trans(w_even), acc)
-            acc = tl.dot(x_odd, tl.trans(w_odd), acc)
+            xt = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BLOCK_K]
+            w = tl.join((even * scale).to(tl.float16), (odd * scale).to(tl.float16))  # [BN, G, HALF, 2]
+            acc = tl.dot(xt, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K))), acc)
         out = acc
     else:  # one row (BLOCK_M == 1), FMAs in the weights' own layout: no layout conversion of the tile
         acc = tl.zeros((BLOCK_N, G, 1), tl.float32)
@@ -166,7 +160,7 @@ def _nf4_dequantize_kernel(q_ptr, absmax_ptr, code_ptr, out_ptr, num_bytes, BLOC
 
 
 def byte_pair_table(code: torch.Tensor) -> torch.Tensor:
-    """int32 [256]: for byte b, the fp16 pair (code[b >> 4], code[b & 15]) (even k in the low half).
+    """fp32 [256, 2]: for byte b, (code[b >> 4], code[b & 15]), the values of even and odd k.
     Built once per `code` tensor (weights' tables live as long as the weights); build it before CUDA
     graph capture, as any warm-up call does."""
     key = (code.device, code.data_ptr())
@@ -175,8 +169,7 @@ def byte_pair_table(code: torch.Tensor) -> torch.Tensor:
         capturing = code.is_cuda and torch.cuda.is_current_stream_capturing()
         assert not capturing, "call nf4_matmul once before CUDA graph capture"
         byte = torch.arange(256, device=code.device)
-        pairs = torch.stack((code[byte >> 4], code[byte & 0xF]), dim=-1).to(torch.float16)  # [256, 2]
-        table = pairs.view(torch.int32).reshape(256).contiguous()
+        table = torch.stack((code[byte >> 4], code[byte & 0xF]), dim=-1).contiguous()  # [256, 2]
         _pair_tables[key] = table
     return table
 
