@@ -65,9 +65,9 @@ REFERENCE_SCHEDULERS = {
 
 
 @pytest.mark.parametrize("scheduler", sorted(REFERENCE_SCHEDULERS))
-def test_same_image_as_plain_diffusers(reference, renderer, scheduler):
+def test_same_image_as_plain_diffusers(folder, reference, renderer, scheduler):
     ref = reference
-    ref.scheduler = REFERENCE_SCHEDULERS[scheduler](ref.scheduler.config)
+    ref.scheduler = REFERENCE_SCHEDULERS[scheduler](EulerDiscreteScheduler.load_config(folder / "scheduler"))
     negative = "blurry" if scheduler == "euler" else None
     expected = ref(
         "a lighthouse at dusk",
