@@ -1,4 +1,4 @@
-"""A (possibly fused) base projection plus the LoRA stacks of the modules it contains."""
+"""A (possibly fused) base projection plus the LoRA stack over the modules it contains."""
 
 from __future__ import annotations
 
@@ -22,25 +22,26 @@ class Projection(nn.Module):
         for name, size in parts.items():
             self.parts[name] = (offset, size)
             offset += size
-        self.stacks: dict[str, LoraStack] = {}
+        self.lora: LoraStack | None = None
 
-    def ensure_stack(self, module: str, num_slots: int, max_rank: int) -> LoraStack:
-        if module not in self.stacks:
-            _, size = self.parts[module]
+    def part_index(self, module: str) -> int:
+        return list(self.parts).index(module)
+
+    def ensure_lora(self, num_slots: int, max_rank: int, use_kernels: bool) -> LoraStack:
+        if self.lora is None:
             w = next(iter(self.base.buffers()))
             dtype = getattr(self.base, "compute_dtype", w.dtype)
-            self.stacks[module] = LoraStack(num_slots, max_rank, self.base.in_features, size, w.device, dtype)
-        return self.stacks[module]
+            parts = list(self.parts.values())
+            self.lora = LoraStack(num_slots, max_rank, self.base.in_features, parts, w.device, dtype, use_kernels)
+        return self.lora
 
     def lora_nbytes(self) -> int:
-        return sum(s.nbytes() for s in self.stacks.values())
+        return self.lora.nbytes() if self.lora is not None else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, K] -> y: [T, N_total]
         y = self.base(x)
         routing = current_routing()
-        if routing is not None:
-            for module, stack in self.stacks.items():
-                start, size = self.parts[module]
-                stack.add_to(x, y[:, start : start + size], routing)
+        if routing is not None and self.lora is not None:
+            self.lora.add_to(x, y, routing)
         return y

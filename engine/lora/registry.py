@@ -40,6 +40,7 @@ class AdapterRegistry:
         device: torch.device,
         dtype: torch.dtype,
         run_on_engine: Callable[[Callable[[], Any]], Future],
+        use_kernels: bool = False,
     ) -> None:
         self._model = model
         self._projections = model.projections()
@@ -48,6 +49,7 @@ class AdapterRegistry:
         self._max_rank = config.max_lora_rank
         self._max_cpu = config.max_cpu_loras
         self._dtype = dtype
+        self._use_kernels = use_kernels
         self._run_on_engine = run_on_engine
         self._lock = threading.Condition()
         self._entries: dict[str, _Entry] = {}
@@ -167,9 +169,19 @@ class AdapterRegistry:
             log.info("adapter '%s' evicted from GPU slot %d", previous, slot)
         self._clear_slot(slot)
         entry = self._entries[name]
+        per_projection: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor, float]]] = {}
         for (layer, module), (a, b, scale) in entry.weights.modules.items():
-            stack = self._projections[(layer, module)].ensure_stack(module, self._num_slots, self._max_rank)
-            stack.write(slot, a.to(self._dtype), b.to(self._dtype), scale)
+            proj = self._projections[(layer, module)]
+            per_projection.setdefault(id(proj), {})[proj.part_index(module)] = (
+                a.to(self._dtype),
+                b.to(self._dtype),
+                scale,
+            )
+        for proj in self._unique:
+            if id(proj) in per_projection:
+                proj.ensure_lora(self._num_slots, self._max_rank, self._use_kernels).write(
+                    slot, per_projection[id(proj)]
+                )
         entry.slot = slot
         self._slot_owner[slot] = name
         self._version += 1
@@ -177,8 +189,8 @@ class AdapterRegistry:
 
     def _clear_slot(self, slot: int) -> None:
         for proj in self._unique:
-            for stack in proj.stacks.values():
-                stack.clear(slot)
+            if proj.lora is not None:
+                proj.lora.clear(slot)
 
     def _drop(self, name: str) -> None:
         with self._lock:

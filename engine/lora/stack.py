@@ -1,58 +1,74 @@
-"""Stacked adapter weights of one projection: one slot per resident adapter, written in place."""
+"""Stacked adapter weights of one (possibly fused) projection: one slot per resident adapter, written in place.
+
+Layout (shared with engine.kernels): A [S, G*R, K] holds each of the G parts' A in its own R rows, B [S, N, R]
+holds each output column's B row, pre-multiplied by its part's scale (parts may differ in rank and alpha).
+Rank padding is zero and masked by `ranks`.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from engine.kernels import lora_reference, lora_shrink_expand
 from engine.lora.context import LoraRouting
 
 
 class LoraStack:
-    def __init__(self, num_slots: int, max_rank: int, in_features: int, out_features: int, device, dtype) -> None:
-        self.a = torch.zeros(num_slots, max_rank, in_features, device=device, dtype=dtype)  # [S, R, K]
-        self.b = torch.zeros(num_slots, out_features, max_rank, device=device, dtype=dtype)  # [S, N, R]
-        self.scale = torch.zeros(num_slots, device=device, dtype=torch.float32)  # [S]
-        self.ranks = [0] * num_slots
-        self.active_rank = 0
+    def __init__(
+        self,
+        num_slots: int,
+        max_rank: int,
+        in_features: int,
+        parts: list[tuple[int, int]],
+        device: torch.device,
+        dtype: torch.dtype,
+        use_kernels: bool,
+    ) -> None:
+        self.parts = parts  # (first output column, width) per part
+        self.max_rank = max_rank
+        out_features = sum(width for _, width in parts)
+        self.a = torch.zeros(num_slots, len(parts) * max_rank, in_features, device=device, dtype=dtype)
+        self.b = torch.zeros(num_slots, out_features, max_rank, device=device, dtype=dtype)
+        self.scales = torch.ones(num_slots, device=device, dtype=torch.float32)  # scales live in B
+        self.ranks = torch.zeros(num_slots, device=device, dtype=torch.int32)
+        self.segments = tuple(start for start, _ in parts[1:])
+        self.rank_of_slot = [0] * num_slots
+        self.use_kernels = use_kernels
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.a, self.b, self.scale))
+        return sum(t.numel() * t.element_size() for t in (self.a, self.b, self.scales, self.ranks))
 
-    def write(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
-        # a: [r, K]; b: [N, r]
-        r = a.shape[0]
-        self.a[slot].zero_()
-        self.b[slot].zero_()
-        self.a[slot, :r].copy_(a)
-        self.b[slot, :, :r].copy_(b)
-        self.scale[slot] = scale
-        self.ranks[slot] = r
-        self.active_rank = max(self.ranks)
+    def write(self, slot: int, weights: dict[int, tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+        """weights: part index -> (A [r, K], B [n, r], scale)."""
+        self.clear(slot)
+        rank = 0
+        for g, (a, b, scale) in weights.items():
+            start, width = self.parts[g]
+            r = a.shape[0]
+            self.a[slot, g * self.max_rank : g * self.max_rank + r].copy_(a)
+            self.b[slot, start : start + width, :r].copy_(b.float() * scale)
+            rank = max(rank, r)
+        self.ranks[slot] = rank
+        self.rank_of_slot[slot] = rank
 
     def clear(self, slot: int) -> None:
         self.a[slot].zero_()
         self.b[slot].zero_()
-        self.scale[slot] = 0.0
         self.ranks[slot] = 0
-        self.active_rank = max(self.ranks)
+        self.rank_of_slot[slot] = 0
 
     def add_to(self, x: torch.Tensor, y: torch.Tensor, routing: LoraRouting) -> None:
-        # x: [T, K]; y: [T, N] (a view into the projection output), updated in place
-        r = self.active_rank
-        if r == 0:
-            return
+        # x: [T, K]; y: [T, N] projection output, updated in place
         if routing.uniform_slot is not None:
             s = routing.uniform_slot
-            if self.ranks[s] == 0:
+            r = self.rank_of_slot[s]
+            if r == 0:
                 return
-            h = x @ self.a[s, : self.ranks[s]].t()  # [T, r]
-            y += (h @ self.b[s, :, : self.ranks[s]].t()) * self.scale[s].to(y.dtype)
+            for g, (start, width) in enumerate(self.parts):
+                h = x @ self.a[s, g * self.max_rank : g * self.max_rank + r].t()  # [T, r]
+                y[:, start : start + width] += h @ self.b[s, start : start + width, :r].t()
             return
-        slots = routing.token_slots
-        assert slots is not None
-        idx = slots.clamp(min=0)  # [T]
-        gate = self.scale[idx] * (slots >= 0)  # [T]
-        a = self.a[idx, :r]  # [T, r, K]
-        b = self.b[idx, :, :r]  # [T, N, r]
-        h = torch.bmm(a, x.unsqueeze(-1))  # [T, r, 1]
-        y += (torch.bmm(b, h).squeeze(-1) * gate.unsqueeze(-1)).to(y.dtype)
+        assert routing.token_slots is not None
+        slots = routing.token_slots.to(torch.int32)  # [T]
+        apply = lora_shrink_expand if self.use_kernels else lora_reference
+        apply(x, slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
