@@ -12,12 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from engine.errors import (
-    AdapterError,
-    CheckpointError,
-    InvalidRequestError,
-    StoryloomError,
-)
+from engine.errors import AdapterError, CheckpointError, StoryloomError
 from storyloom.library import LibraryError
 from storyloom.workflow.events import StoryEvent
 from storyloom.workflow.job import describe_error
@@ -43,14 +38,8 @@ class UsageError(StoryloomError, ValueError):
     """The command line names something that does not exist or cannot be used."""
 
 
-# Errors that mean "the user asked for something impossible": exit status 2.
-BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    AdapterError,
-    CheckpointError,
-    InvalidRequestError,
-    LibraryError,
-)
+# Errors that mean "the user asked for something impossible" (InvalidRequestError is a ValueError): exit 2.
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, AdapterError, CheckpointError, LibraryError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,9 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"storyloom: error: {describe_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        log.debug("command failed", exc_info=True)
         if args.verbose:
-            logging.getLogger(__name__).exception("command failed")
+            log.exception("command failed")
         print(f"storyloom: error: {describe_error(exc)}", file=sys.stderr)
         return EXIT_FAILURE
 

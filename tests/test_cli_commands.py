@@ -176,3 +176,15 @@ def test_python_dash_m_entry_point():
     env = {**os.environ}
     result = subprocess.run([sys.executable, "-m", "storyloom", "--help"], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and "generate" in result.stdout
+
+
+def test_unexpected_failures_exit_1_with_one_line(monkeypatch, capsys, caplog):
+    def broken(args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli, "cmd_library_list", broken)
+    code, _, err = run(capsys, "library", "list")
+    assert code == 1 and err.strip() == "storyloom: error: disk on fire"
+    assert "Traceback" not in caplog.text
+    code, _, err = run(capsys, "--verbose", "library", "list")
+    assert code == 1 and "Traceback" in caplog.text, "--verbose logs the traceback"
