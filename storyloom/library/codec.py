@@ -142,9 +142,7 @@ def _details(draft: StoryDraft) -> list[tuple[str, str]]:
 
 def _parameters_text(params: dict[str, Any]) -> str:
     lines = [str(params["prompt"]), f"Negative prompt: {params['negative_prompt']}"]
-    lines.append(
-        f"Seed: {params['seed']}, Size: {params['width']}x{params['height']}, Steps: {params['steps']}"
-    )
+    lines.append(f"Seed: {params['seed']}, Size: {params['width']}x{params['height']}, Steps: {params['steps']}")
     lines += [f"Model ({kind}): {mid}" for kind, mid in sorted(params["models"].items())]
     return "\n".join(lines)
 

@@ -84,9 +84,7 @@ class StoryLibrary:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LibraryError(
-                f"library folder '{self.root}' cannot be created: {exc.strerror or exc}"
-            ) from exc
+            raise LibraryError(f"library folder '{self.root}' cannot be created: {exc.strerror or exc}") from exc
         self._recover()
         self._check_index()
 
@@ -111,9 +109,7 @@ class StoryLibrary:
                 fsync_dir(staging)
                 self._swap_in(staging, self.root / story_id)
             except OSError as exc:
-                raise LibraryError(
-                    f"library folder '{self.root}' is not writable: {exc.strerror or exc}"
-                ) from exc
+                raise LibraryError(f"library folder '{self.root}' is not writable: {exc.strerror or exc}") from exc
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             self._index_upsert(saved)
@@ -182,9 +178,7 @@ class StoryLibrary:
             return len(rows)
 
     # --- export -----------------------------------------------------------------------------------------
-    def export(
-        self, story_id: str, fmt: Literal["md", "html"], dest: str | Path, overwrite: bool = False
-    ) -> Path:
+    def export(self, story_id: str, fmt: Literal["md", "html"], dest: str | Path, overwrite: bool = False) -> Path:
         """Write the story as Markdown or a self-contained HTML page.
 
         ``dest`` is a folder (the file name comes from the sanitised title) or a file path. Markdown gets
