@@ -59,7 +59,7 @@ def load_model(
             layers.append(
                 DecoderLayer(
                     norm(p + "input_layernorm.weight"),
-                    Attention(args, qkv, o, rope),
+                    Attention(args, qkv, o),
                     norm(p + "post_attention_layernorm.weight"),
                     MLP(gate_up, down, args.intermediate_size),
                 )
@@ -69,6 +69,6 @@ def load_model(
             lm_head = tensor("lm_head.weight", (args.vocab_size, args.hidden_size)).to(device, dtype)
         else:
             lm_head = embed
-        model = LlamaModel(args, embed, layers, norm("model.norm.weight"), lm_head)
+        model = LlamaModel(args, embed, layers, norm("model.norm.weight"), lm_head, rope)
     log.info("loaded %s (%s, %s) in %.1f s", folder.name, quantization, device, time.perf_counter() - t0)
     return model

@@ -21,6 +21,7 @@ class ForwardMeta:
     positions: torch.Tensor  # [T] int64
     prefill_slot: int | None = None
     decode_mask: torch.Tensor | None = None  # [n, 1, 1, kv_len] bool, True = attend
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin: [T, 1, Dh], set by LlamaModel.forward
 
     @property
     def is_prefill(self) -> bool:
@@ -41,10 +42,9 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, args: LlamaArgs, qkv: Projection, o: Projection, rope: RotaryEmbedding) -> None:
+    def __init__(self, args: LlamaArgs, qkv: Projection, o: Projection) -> None:
         super().__init__()
         self.qkv, self.o = qkv, o
-        self.rope = rope
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
         self.q_size, self.kv_size = args.q_size, args.kv_size
 
@@ -52,8 +52,9 @@ class Attention(nn.Module):
         # x: [T, D]; k_cache/v_cache: [S, Hkv, P, Dh]
         t = x.shape[0]
         q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.rope.apply(q.view(t, self.num_heads, self.head_dim), meta.positions)  # [T, H, Dh]
-        k = self.rope.apply(k.view(t, self.num_kv_heads, self.head_dim), meta.positions)  # [T, Hkv, Dh]
+        cos, sin = meta.rope
+        q = RotaryEmbedding.apply(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, Dh]
+        k = RotaryEmbedding.apply(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, Dh]
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if meta.is_prefill:
             s = meta.prefill_slot
@@ -111,9 +112,11 @@ class LlamaModel(nn.Module):
         layers: list[DecoderLayer],
         norm: RMSNorm,
         lm_head: torch.Tensor,
+        rope: RotaryEmbedding,
     ) -> None:
         super().__init__()
         self.args = args
+        self.rope = rope
         self.register_buffer("embed", embed, persistent=False)  # [V, D]
         self.layers = nn.ModuleList(layers)
         self.norm = norm
@@ -131,6 +134,7 @@ class LlamaModel(nn.Module):
     def forward(self, tokens: torch.Tensor, meta: ForwardMeta, cache: KVCache, last_only: bool) -> torch.Tensor:
         # tokens: [T] -> logits [T or 1, V] in fp32
         h = self.embed[tokens]  # [T, D]
+        meta.rope = self.rope.lookup(meta.positions)
         for layer, k_cache, v_cache in zip(self.layers, cache.k, cache.v, strict=True):
             h = layer(h, meta, k_cache, v_cache)
         if last_only:

@@ -79,13 +79,20 @@ class SDXLRenderer:
         pipe = load_pipeline(
             path, dtype, Path(vae_path) if vae_path else None, Path(config_dir) if config_dir else None
         )
+        return cls.from_pipeline(pipe, model_id=path.stem if path.is_file() else path.name, device=device, plan=plan)
+
+    @classmethod
+    def from_pipeline(
+        cls, pipe: StableDiffusionXLPipeline, *, model_id: str, device: str, plan: VramPlan | str | None = None
+    ) -> SDXLRenderer:
+        """Wrap an already built pipeline (its dtype as given) and place it as `plan` says."""
         if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
             pipe.vae.to(torch.float32)  # a VAE known to overflow in fp16 (SDXL's own) decodes in fp32
-        renderer = cls(pipe, model_id=path.stem if path.is_file() else path.name, device=device)
+        renderer = cls(pipe, model_id=model_id, device=resolve_device(device))
         if isinstance(plan, VramPlan):
             renderer.apply_plan(plan)
         else:
-            gpu = query_gpu_memory(device)
+            gpu = query_gpu_memory(renderer.device)
             renderer.apply_plan(plan_vram(gpu, NO_LLM, renderer.footprint(), override=plan))
         return renderer
 
