@@ -177,3 +177,23 @@ def test_window_remembers_its_size(qtbot):
     qtbot.addWidget(again)
     assert (again.width(), again.height()) == (720, 520)
     again.close()
+
+
+@pytest.mark.parametrize(
+    ("seed_text", "expected"),
+    [("", "seed: type a number"), ("4294967296", "seed: must be an integer in 0..4294967295")],
+)
+def test_workspace_refuses_a_bad_fixed_seed_and_starts_nothing(qtbot, seed_text, expected):
+    settings = Settings(use_demo_models=True)
+    window = MainWindow(Studio(settings), settings)
+    qtbot.addWidget(window)
+    workspace = window.workspace
+    workspace.idea_edit.setPlainText("a fox who collects maps")
+    workspace.random_seed.setChecked(False)
+    assert workspace.seed_edit.isEnabled()
+    workspace.seed_edit.setText(seed_text)
+    workspace.generate()
+    assert not workspace.is_busy
+    assert workspace.message.objectName() == "inlineError"
+    assert workspace.message.text().startswith(expected)
+    window.close()

@@ -69,7 +69,7 @@ class LibraryModel(QAbstractListModel):
         story = self._stories[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
             title = story.title or story.idea
-            return f"{title}\n(demo)" if story.demo else title
+            return f"Demo · {title}" if story.demo else title
         if role == Qt.ItemDataRole.DecorationRole:
             if not story.has_image:
                 return self._no_image

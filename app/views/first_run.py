@@ -59,9 +59,7 @@ class FirstRunDialog(QDialog):
         layout.addWidget(demo)
         layout.addWidget(real)
         layout.addLayout(bottom)
-        self.use_button.setEnabled(self.paths.validate() and settings.llm_path is not None)
-        if settings.llm_path is None and settings.sdxl_path is None:
-            self.paths.message.clear_message()
+        self.use_button.setEnabled(self.paths.validate())
         self.demo_button.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def use_demo_models(self) -> None:

@@ -113,11 +113,17 @@ class ModelPathsForm(QWidget):
         return probe.validate_model_paths()
 
     def validate(self) -> bool:
+        """Check the paths and show every problem; an empty form shows nothing (nothing typed yet)."""
+        if all(field.path() is None for field in self._fields.values()):
+            for field in self._fields.values():
+                field.set_invalid(False)
+            self.message.clear_message()
+            self.validated.emit(False)
+            return False
         problems = self.problems()
         for key, field in self._fields.items():
             mine = [p for p in problems if p.startswith(FIELD_PREFIXES[key])]
-            touched = field.path() is not None
-            field.set_invalid(bool(mine) and touched, "\n".join(mine))
+            field.set_invalid(bool(mine) and field.path() is not None, "\n".join(mine))
         if problems:
             self.message.show_error("\n".join(problems))
         else:

@@ -93,7 +93,8 @@ class SettingsDialog(QDialog):
             total = format_bytes(status.vram_total_bytes) if status.vram_total_bytes else "—"
             form.addRow("GPU memory", QLabel(total))
             form.addRow("Plan in use", QLabel(status.plan_name or "—"))
-            form.addRow("Estimated peak", QLabel(format_bytes(status.plan_estimate_bytes)))
+            peak = format_bytes(status.plan_estimate_bytes) if status.plan_estimate_bytes else "—"
+            form.addRow("Estimated peak", QLabel(peak))
             form.addRow("LLM / SDXL", QLabel(f"{format_bytes(status.llm_bytes)} / {format_bytes(status.sdxl_bytes)}"))
             notes = QLabel("\n".join(status.plan_notes) or "—", objectName="hint")
             notes.setWordWrap(True)
@@ -156,7 +157,7 @@ class SettingsDialog(QDialog):
     # --- result ------------------------------------------------------------------------------------------
     def build_settings(self) -> Settings:
         """The edited settings; raises ValueError naming every bad value."""
-        problems = [] if self.demo_check.isChecked() else self.paths.problems()
+        problems = [] if self.demo_check.isChecked() else self.paths.problems()  # empty paths are problems too
         if problems:
             raise ValueError("\n".join(problems))
         sampling = {

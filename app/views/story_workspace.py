@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage
+from PySide6.QtCore import QRegularExpression, Qt, Signal
+from PySide6.QtGui import QImage, QRegularExpressionValidator
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -17,7 +17,6 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
-    QSpinBox,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -47,7 +46,6 @@ IMAGE_SIZES: tuple[tuple[int, int] | None, ...] = (
     (1536, 640),
     (640, 1536),
 )
-MAX_SEED_SPIN = 2**31 - 1  # QSpinBox holds a C int; the Studio accepts up to 2**32 - 1
 
 
 def source_kind(source: str) -> str:
@@ -104,10 +102,12 @@ class StoryWorkspace(QWidget):
 
         self.random_seed = QCheckBox("Random seed")
         self.random_seed.setChecked(True)
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, MAX_SEED_SPIN)
-        self.seed_spin.setEnabled(False)
-        self.random_seed.toggled.connect(lambda on: self.seed_spin.setEnabled(not on))
+        self.seed_edit = QLineEdit()  # seeds go up to 2**32 - 1, more than a QSpinBox holds
+        self.seed_edit.setValidator(QRegularExpressionValidator(QRegularExpression(r"\d{0,10}"), self.seed_edit))
+        self.seed_edit.setPlaceholderText("seed")
+        self.seed_edit.setMaximumWidth(120)
+        self.seed_edit.setEnabled(False)
+        self.random_seed.toggled.connect(self._update_buttons)
         self.size_combo = QComboBox()
         for size in IMAGE_SIZES:
             self.size_combo.addItem("Default size" if size is None else f"{size[0]} × {size[1]}", size)
@@ -141,7 +141,7 @@ class StoryWorkspace(QWidget):
         idea_row.addLayout(buttons)
         options_row = QHBoxLayout()
         options_row.addWidget(self.random_seed)
-        options_row.addWidget(self.seed_spin)
+        options_row.addWidget(self.seed_edit)
         options_row.addSpacing(12)
         options_row.addWidget(QLabel("Size"))
         options_row.addWidget(self.size_combo)
@@ -200,17 +200,26 @@ class StoryWorkspace(QWidget):
         self.rerender_button.setEnabled(can_run and has_draft and has_prompt)
         for widget in (self.idea_edit, self.random_seed, self.size_combo, self.negative_edit):
             widget.setEnabled(not busy and not self.read_only)
-        self.seed_spin.setEnabled(not busy and not self.read_only and not self.random_seed.isChecked())
+        self.seed_edit.setEnabled(not busy and not self.read_only and not self.random_seed.isChecked())
         self.prompt_pane.set_editable(not busy and not self.read_only)
 
     # --- requests ----------------------------------------------------------------------------------------
     def options(self) -> StoryOptions:
         options = self.client.studio.default_options()
-        changes: dict[str, Any] = {"seed": None if self.random_seed.isChecked() else self.seed_spin.value()}
+        changes: dict[str, Any] = {"seed": self.chosen_seed()}
         size = self.size_combo.currentData()
         if size is not None:
             changes["width"], changes["height"] = size
         return dataclasses.replace(options, **changes)
+
+    def chosen_seed(self) -> int | None:
+        """None for a random seed; raises ValueError for a missing fixed seed (the Studio checks the range)."""
+        if self.random_seed.isChecked():
+            return None
+        text = self.seed_edit.text().strip()
+        if not text:
+            raise ValueError("seed: type a number, or tick “Random seed”")
+        return int(text)
 
     def generate(self) -> None:
         studio = self.client.studio
@@ -315,8 +324,8 @@ class StoryWorkspace(QWidget):
     def _show_draft_fields(self, draft: StoryDraft) -> None:
         if draft.negative_prompt and not self.negative_edit.text():
             self.negative_edit.setText(draft.negative_prompt)
-        if draft.seed is not None and draft.seed <= MAX_SEED_SPIN:
-            self.seed_spin.setValue(draft.seed)
+        if draft.seed is not None:
+            self.seed_edit.setText(str(draft.seed))
 
     @staticmethod
     def _image_caption(draft: StoryDraft | None) -> str:
@@ -341,8 +350,8 @@ class StoryWorkspace(QWidget):
             source = draft.sources.get(step, "")
             pane.set_source(source, source_kind(source))
         self.negative_edit.setText(draft.negative_prompt)
-        if draft.seed is not None and draft.seed <= MAX_SEED_SPIN:
-            self.seed_spin.setValue(draft.seed)
+        if draft.seed is not None:
+            self.seed_edit.setText(str(draft.seed))
         self.image_panel.reset()
         if draft.image is not None:
             self.image_panel.set_final(pil_to_qimage(draft.image), self._image_caption(draft), image_file)
