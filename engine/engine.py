@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -69,6 +70,7 @@ class Engine:
         self._incoming: list[list[Sequence]] = []
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self._ids = itertools.count(1)
+        self._job_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="storyloom-engine", daemon=True)
         self._thread.start()
@@ -155,11 +157,22 @@ class Engine:
         return future
 
     def step_between(self) -> None:
-        """Called by long jobs on the engine thread (e.g. each denoising step) so LLM requests keep moving."""
+        """Called by long jobs on the engine thread (e.g. after each denoising step is queued) so LLM requests
+        keep moving. On CUDA, jobs run on their own stream: LLM steps run on the engine's stream until the job's
+        queued GPU work is done, so both models compute at the same time."""
         assert threading.current_thread() is self._thread, "step_between runs on the engine thread only"
-        self._absorb_incoming()
-        if self.scheduler.running or self.scheduler.waiting:
-            self.step()
+        job_done = None
+        if self._job_stream is not None:
+            job_done = torch.cuda.Event()
+            job_done.record(self._job_stream)
+        with self._engine_stream():
+            while True:
+                self._absorb_incoming()
+                if not (self.scheduler.running or self.scheduler.waiting):
+                    return
+                self.step()
+                if job_done is None or job_done.query():
+                    return
 
     def close(self) -> None:
         with self._cv:
@@ -220,14 +233,24 @@ class Engine:
                 fn, future = self._jobs.popleft()
             self._run_job(fn, future)
 
-    @staticmethod
-    def _run_job(fn: Callable[[], Any], future: Future) -> None:
+    def _run_job(self, fn: Callable[[], Any], future: Future) -> None:
         if not future.set_running_or_notify_cancel():
             return
         try:
-            future.set_result(fn())
+            if self._job_stream is None:
+                result = fn()
+            else:
+                with torch.cuda.stream(self._job_stream):
+                    result = fn()
+                self._job_stream.synchronize()
+            future.set_result(result)
         except BaseException as e:  # handed to the caller through the future
             future.set_exception(e)
+
+    def _engine_stream(self):
+        if self._job_stream is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(torch.cuda.default_stream(self.device))
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         for seq in seqs:

@@ -132,3 +132,21 @@ def test_submit_is_safe_from_many_threads(engine):
         t.join()
     alone = [engine.generate([p], GREEDY)[0].token_ids for p in PROMPTS]
     assert all(results[i] == alone[i % 4] for i in range(8))
+
+
+def test_jobs_on_the_engine_thread_keep_requests_moving(engine):
+    alone = engine.generate([PROMPTS[0]], GREEDY)[0].token_ids
+    handle = engine.submit(PROMPTS[0], GREEDY)
+
+    def long_job() -> int:  # e.g. a render: calls step_between after each of its own steps
+        for step in range(1000):
+            engine.step_between()
+            if handle.done:
+                return step
+        return -1
+
+    steps = engine.run_on_engine_thread(long_job).result(timeout=120)
+    assert 0 <= steps < 1000
+    assert handle.result().token_ids == alone
+    with pytest.raises(AssertionError):
+        engine.step_between()  # only the engine thread may step
