@@ -255,3 +255,25 @@ def test_oom_with_nothing_lower(folder):
         r.render(RenderParams("a mill", seed=8, **SMALL))
     assert r.plan.name == "cpu only"
     assert r.render(RenderParams("a mill", seed=8, **SMALL)).image.size == (512, 512)
+
+
+def test_oom_while_placing_drops_to_the_next_placement(folder, monkeypatch):
+    r = SDXLRenderer.load(folder)
+    placements = []
+
+    def place(pipe, placement, device):
+        placements.append(placement)
+        if placement == "gpu":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr("engine.sdxl.renderer.apply_placement", place)
+    r.device = "cuda:0"
+    r.apply_plan(plan_vram(GpuMemory(24 * GiB), NO_LLM, r.footprint()))
+    assert placements == ["gpu", "model_offload"]
+    assert r.plan.name == "sdxl model offload"
+
+
+def test_from_pipeline_wraps_a_built_pipeline(reference):
+    r = SDXLRenderer.from_pipeline(reference, model_id="in-memory", device="cpu")
+    assert (r.model_id, r.device, r.plan.name) == ("in-memory", "cpu", "cpu only")
+    assert r.pipeline is reference

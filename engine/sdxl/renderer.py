@@ -46,6 +46,12 @@ def resolve_device(device: str) -> str:
     return device if ":" in device else "cuda:0"
 
 
+def _upcast_unsafe_vae(pipe: StableDiffusionXLPipeline) -> None:
+    """A VAE known to overflow in fp16 (`force_upcast`, as SDXL's own) is kept and decoded in fp32."""
+    if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
+        pipe.vae.to(torch.float32)
+
+
 class SDXLRenderer:
     """Draws SDXL images on the engine thread. Not thread-safe: one render at a time."""
 
@@ -53,6 +59,7 @@ class SDXLRenderer:
         self, pipe: StableDiffusionXLPipeline, *, model_id: str, device: str, preview_every: int = PREVIEW_EVERY
     ) -> None:
         self._pipe = pipe
+        self._dtype = pipe.unet.dtype  # fp16 on CUDA; "cpu only" switches to fp32 while it lasts
         self.model_id = model_id
         self.device = device
         self.preview_every = preview_every
@@ -86,8 +93,7 @@ class SDXLRenderer:
         cls, pipe: StableDiffusionXLPipeline, *, model_id: str, device: str, plan: VramPlan | str | None = None
     ) -> SDXLRenderer:
         """Wrap an already built pipeline (its dtype as given) and place it as `plan` says."""
-        if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
-            pipe.vae.to(torch.float32)  # a VAE known to overflow in fp16 (SDXL's own) decodes in fp32
+        _upcast_unsafe_vae(pipe)
         renderer = cls(pipe, model_id=model_id, device=resolve_device(device))
         if isinstance(plan, VramPlan):
             renderer.apply_plan(plan)
@@ -105,12 +111,31 @@ class SDXLRenderer:
         return self._pipe
 
     def apply_plan(self, plan: VramPlan) -> None:
-        """Place SDXL as `plan` says. On a CPU device every plan becomes "cpu only"."""
+        """Place SDXL as `plan` says; out of memory while placing drops to the next lower placement.
+
+        On a CPU device every plan becomes "cpu only"."""
         if self.device == "cpu" and plan.sdxl_placement != "cpu":
             plan = plan_vram(None, NO_LLM, self.footprint(), override=plan.name)
-        apply_placement(self._pipe, plan.sdxl_placement, self.device)
+        try:
+            self._place(plan.sdxl_placement)
+        except torch.OutOfMemoryError:
+            lower = plan.lower_placement()
+            release_memory(self._pipe)
+            if lower is None:
+                raise
+            logger.warning("out of GPU memory placing SDXL for plan '%s'; trying '%s'", plan.name, lower.name)
+            self.apply_plan(lower)
+            return
         self._plan = plan
         logger.info("SDXL plan '%s': %s", plan.name, " ".join(plan.notes))
+
+    def _place(self, placement: str) -> None:
+        pipe = self._pipe
+        if placement != "cpu" and pipe.unet.dtype != self._dtype:  # leaving "cpu only" (fp32) for the GPU
+            pipe.remove_all_hooks()
+            pipe.to(dtype=self._dtype)
+            _upcast_unsafe_vae(pipe)
+        apply_placement(pipe, placement, self.device)
 
     def footprint(self, width: int = 1024, height: int = 1024) -> SDXLFootprint:
         return estimate_footprint(self._pipe, width, height)
