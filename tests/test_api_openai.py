@@ -98,6 +98,17 @@ def test_seeded_sampling_is_reproducible_and_choices_differ(engine, serve):
     assert texts[0] != texts[1]
 
 
+def test_streamed_choices_are_reassembled_by_index(engine, serve):
+    api = client(serve(engine))
+    ask = dict(model=ADAPTERS[1], messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=1.0, seed=3, n=2)
+    whole = api.chat.completions.create(**ask)
+    parts = ["", ""]
+    for chunk in api.chat.completions.create(**ask, stream=True):
+        for choice in chunk.choices:
+            parts[choice.index] += choice.delta.content or ""
+    assert parts == [c.message.content for c in whole.choices]
+
+
 def test_stop_strings_end_the_answer(engine, serve):
     reference = greedy(engine, MESSAGES, ADAPTERS[0], MAX_TOKENS).text
     stop = reference[len(reference) // 2 :][:2]
