@@ -267,7 +267,10 @@ class Studio:
             if name is not None and name not in known:
                 raise AdapterNotFoundError(name, known)
         defaults = self._run_settings().sampling["concept"].as_dict()
-        params = SamplingParams(**{**defaults, **(sampling or {})})
+        try:
+            params = SamplingParams(**{**defaults, **(sampling or {})})
+        except TypeError as exc:  # an unknown field name
+            raise InvalidRequestError(f"sampling: {exc}") from exc
         return self._submit(lambda job: run_compare(engine, prompt, list(adapters), params, job), on_event, "compare")
 
     # --- adapters ---------------------------------------------------------------------------------------

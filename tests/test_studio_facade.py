@@ -102,6 +102,10 @@ def test_bad_requests_fail_at_once(ready):
         ready.new_image(StoryDraft("x", image_prompt="fox"), Recorder(), seed=-1)
     with pytest.raises(AdapterNotFoundError, match="nope"):
         ready.compare("hello", [None, "nope"], Recorder())
+    with pytest.raises(InvalidRequestError, match="sampling"):
+        ready.compare("hello", [None], Recorder(), sampling={"warmth": 2})
+    with pytest.raises(ValueError, match="top_p"):
+        ready.compare("hello", [None], Recorder(), sampling={"top_p": 0})
     with pytest.raises(InvalidRequestError, match="plan"):
         ready.set_vram_override("warp speed")
     assert ready.library.list() == []

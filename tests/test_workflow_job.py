@@ -142,3 +142,8 @@ def test_job_cancelled_inside_work_settles_as_cancelled_without_cancel():
     job.execute(work)
     with pytest.raises(CancelledError):
         job.result()
+
+
+def test_options_check_sampling_values():
+    with pytest.raises(ValueError, match=r"sampling\['story'\]: temperature"):
+        StoryOptions(sampling={"story": {"temperature": -1.0}})

@@ -138,16 +138,18 @@ class StoryLibrary:
         return [StorySummary(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5]), self.root / r[0]) for r in rows]
 
     def get(self, story_id: str) -> StoryDraft:
-        folder = self._folder(story_id)
-        try:
-            record = json.loads((folder / STORY_JSON).read_text(encoding="utf-8"))
-            return codec.record_to_draft(record, _load_image(folder / IMAGE_PNG))
-        except (OSError, ValueError, TypeError) as exc:
-            raise LibraryError(f"story '{story_id}' is damaged: {exc}") from exc
+        with self._lock:  # a concurrent save may be swapping the folder
+            folder = self._folder(story_id)
+            try:
+                record = json.loads((folder / STORY_JSON).read_text(encoding="utf-8"))
+                return codec.record_to_draft(record, _load_image(folder / IMAGE_PNG))
+            except (OSError, ValueError, TypeError) as exc:
+                raise LibraryError(f"story '{story_id}' is damaged: {exc}") from exc
 
     def thumbnail(self, story_id: str, size: int = 256) -> PILImage | None:
         """A thumbnail (longest side ``size``) of the story's image, or None without an image."""
-        image = _load_image(self._folder(story_id) / IMAGE_PNG)
+        with self._lock:
+            image = _load_image(self._folder(story_id) / IMAGE_PNG)
         if image is not None:
             image.thumbnail((size, size))
         return image

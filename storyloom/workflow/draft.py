@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.config import SamplingParams
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
@@ -107,6 +109,10 @@ class StoryOptions:
                 raise ValueError(
                     f"sampling['{step}']: unknown setting(s) {', '.join(unknown)}; use {', '.join(SAMPLING_KEYS)}"
                 )
+            try:
+                SamplingParams(**overrides)
+            except ValueError as exc:
+                raise ValueError(f"sampling['{step}']: {exc}") from exc
 
 
 def check_seed(seed: int | None) -> None:
