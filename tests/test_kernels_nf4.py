@@ -7,7 +7,7 @@ import torch
 from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
 from engine.kernels import nf4_dequantize, nf4_dequantize_reference, nf4_matmul
-from engine.kernels.nf4_configs import Nf4Config, m_bucket, pick_config
+from engine.kernels.nf4_configs import TUNED, Nf4Config, m_bucket, pick_config
 
 LLAMA3_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 
@@ -59,7 +59,7 @@ def test_bad_arguments_name_the_argument() -> None:
         nf4_matmul(torch.randn(1, 64), qweight, absmax, code, 8, 128)
 
 
-@pytest.mark.parametrize(("n", "k"), LLAMA3_8B_SHAPES)
+@pytest.mark.parametrize(("n", "k"), [*LLAMA3_8B_SHAPES, (2048, 8192), (256, 192), (96, 64)])
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 17, 512])
 def test_picked_config_tiles_k_exactly(n: int, k: int, m: int) -> None:
     cfg = pick_config(m, n, k, blocksize=64, num_sms=132)
@@ -68,9 +68,21 @@ def test_picked_config_tiles_k_exactly(n: int, k: int, m: int) -> None:
     assert not cfg.use_dot or cfg.block_m >= 16
 
 
+def test_tuned_table_covers_the_8b_shapes_and_tiles_their_k() -> None:
+    for n, k in LLAMA3_8B_SHAPES:
+        for m in (1, 2, 3, 4, 8, 16):
+            assert pick_config(m, n, k, blocksize=64, num_sms=132) is TUNED[(n, k, m_bucket(m))]
+    for (_, k, _), cfg in TUNED.items():
+        assert k % (cfg.split_k * cfg.block_k) == 0
+
+
 def test_m_bucket_and_config_validation() -> None:
     assert [m_bucket(m) for m in (1, 2, 3, 5, 16, 17)] == [1, 2, 4, 8, 16, 0]
     with pytest.raises(ValueError, match="block_n"):
         Nf4Config(block_n=24)
     with pytest.raises(ValueError, match="use_dot"):
         Nf4Config(block_m=1, use_dot=True)
+    with pytest.raises(ValueError, match="use_dot"):
+        Nf4Config(block_m=2, use_dot=False)
+    with pytest.raises(ValueError, match="lookup"):
+        Nf4Config(lookup=2)

@@ -1,11 +1,11 @@
 """Launch configurations for the NF4 matmul kernel: tuned per Llama-3-8B shape on the GPU, else a heuristic.
 
-The tuned table comes from `bench/bench_kernels.py --sweep` (see docs/KERNELS.md for the measurements).
+The tuned table comes from `python -m bench.bench_kernels --sweep` (docs/KERNELS.md has the measurements).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MAX_SMALL_M = 16
 
@@ -45,21 +45,41 @@ def m_bucket(m: int) -> int:
     return 1 << (m - 1).bit_length()
 
 
-# (N, K, m_bucket) -> config, measured on an H100 (docs/KERNELS.md).
-TUNED: dict[tuple[int, int, int], Nf4Config] = {}
+def _fma(block_n: int, block_k: int, split_k: int, num_warps: int) -> Nf4Config:
+    return Nf4Config(1, block_n, block_k, split_k, use_dot=False, num_warps=num_warps, num_stages=2, lookup=3)
+
+
+def _dot(split_k: int) -> Nf4Config:
+    return Nf4Config(16, 32, 128, split_k, use_dot=True, num_warps=4, num_stages=1, lookup=3)
+
+
+# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` on an H100 (docs/KERNELS.md,
+# run 2); m_bucket 2 takes the M=4 winner. Llama-3-8B: fused qkv, o, fused gate_up, down.
+TUNED: dict[tuple[int, int, int], Nf4Config] = {
+    (6144, 4096, 1): _fma(16, 512, 1, 4),
+    (4096, 4096, 1): _fma(32, 256, 4, 2),
+    (28672, 4096, 1): _fma(32, 256, 1, 2),
+    (4096, 14336, 1): _fma(32, 512, 4, 2),
+    **{(6144, 4096, m): _dot(4) for m in (2, 4, 8, 16)},
+    **{(4096, 4096, m): _dot(8 if m == 16 else 4) for m in (2, 4, 8, 16)},
+    **{(28672, 4096, m): _dot(4 if m == 8 else 1) for m in (2, 4, 8, 16)},
+    **{(4096, 14336, m): _dot(4) for m in (2, 4, 8, 16)},
+}
 
 
 def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int) -> Nf4Config:
-    """The tuned config for this shape when there is one, else a split-K heuristic that fills the GPU."""
+    """The tuned config for this shape when there is one, else the tuned configs' shape with a split-K
+    that fills the GPU (M = 1: FMAs; M <= 16: tensor cores), or a plain tiled GEMM for large M."""
     tuned = TUNED.get((n, k, m_bucket(m)))
     if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and tuned.block_k % blocksize == 0:
         return tuned
-    block_k = max(blocksize, 256 if k % 256 == 0 else blocksize)
     if m > MAX_SMALL_M:
+        block_k = max(blocksize, 256 if k % 256 == 0 else blocksize)
         return Nf4Config(block_m=64, block_n=64, block_k=block_k, num_warps=8)
-    block_n = 32
-    n_tiles = -(-n // block_n)
+    base = _fma(32, 256, 1, 2) if m == 1 else _dot(1)
+    block_k = base.block_k if k % base.block_k == 0 and base.block_k % blocksize == 0 else max(64, blocksize)
+    n_tiles = -(-n // base.block_n)
     split_k = 1
     while n_tiles * split_k < 2 * num_sms and k % (2 * split_k * block_k) == 0 and split_k < 8:
         split_k *= 2
-    return Nf4Config(block_n=block_n, block_k=block_k, split_k=split_k)
+    return replace(base, block_k=block_k, split_k=split_k)
