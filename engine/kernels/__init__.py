@@ -3,6 +3,10 @@
 Every function runs Triton kernels for CUDA tensors and the plain-torch reference on any other device.
 NF4 weights are bitsandbytes' packed layout (`quantize_4bit(W [N, K], quant_type="nf4", blocksize=64,
 compress_statistics=False)`): qweight uint8, absmax fp32 [N*K/64], code fp32 [16].
+
+CUDA use: call each function once before CUDA-graph capture (it builds a per-`code` lookup table and the
+split-K ticket buffer); keep `code` tensors alive as long as their weights; run all calls on one stream
+(the engine thread's). Measured speeds and the M=1 advice are in docs/KERNELS.md.
 """
 
 from __future__ import annotations
