@@ -21,9 +21,12 @@ WINDOWS_APP_ID = "Storyloom.Storyloom"
 
 
 def make_application(argv: list[str]) -> QApplication:
-    """The QApplication with Storyloom's name, icon and style (High-DPI: fractional scales kept as they are)."""
-    QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
-    app = QApplication(argv)
+    """The QApplication (reused if one exists) with Storyloom's name, icon and style; High-DPI scales are
+    used as the screen reports them (no rounding)."""
+    existing = QApplication.instance()
+    if existing is None:
+        QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+    app = existing if isinstance(existing, QApplication) else QApplication(argv)
     app.setApplicationName("Storyloom")
     app.setApplicationDisplayName("Storyloom")
     app.setOrganizationName("Storyloom")

@@ -197,3 +197,44 @@ def test_workspace_refuses_a_bad_fixed_seed_and_starts_nothing(qtbot, seed_text,
     assert workspace.message.objectName() == "inlineError"
     assert workspace.message.text().startswith(expected)
     window.close()
+
+
+def test_entry_points_name_the_gui_main():
+    from importlib.metadata import entry_points
+
+    gui = {ep.name: ep.value for ep in entry_points(group="gui_scripts")}
+    assert gui.get("storyloom-gui") == "app.main:main"
+
+
+def test_quitting_the_first_run_dialog_exits_without_writing_settings(qapp, monkeypatch):
+    from app import main as app_main
+    from storyloom import paths
+
+    shown: list[bool] = []
+
+    def refuse(dialog) -> int:
+        shown.append(True)
+        return 0
+
+    monkeypatch.setattr(app_main.FirstRunDialog, "exec", refuse)
+    assert app_main.main(["storyloom-gui"]) == 0
+    assert shown == [True]
+    assert not paths.settings_file().exists()
+
+
+def test_settings_dialog_updates_the_shared_settings_and_saves_them(qtbot):
+    settings = Settings(use_demo_models=True)
+    studio = Studio(settings)
+    window = MainWindow(studio, settings)
+    qtbot.addWidget(window)
+    dialog = window.open_settings()
+    dialog.sampling_fields["story"][0].setValue(0.4)
+    plan = dialog.plan_combo.itemData(dialog.plan_combo.count() - 1)
+    assert plan is not None, "the VRAM plans are listed before the models load"
+    dialog.plan_combo.setCurrentIndex(dialog.plan_combo.count() - 1)
+    dialog.accept()
+    assert studio.settings is settings and settings.sampling["story"].temperature == pytest.approx(0.4)
+    assert settings.vram_plan_override == plan
+    saved = Settings.load()
+    assert saved.sampling["story"].temperature == pytest.approx(0.4) and saved.vram_plan_override == plan
+    window.close()
