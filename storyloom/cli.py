@@ -186,11 +186,15 @@ def _check_out_folder(out: Path) -> None:
 
 
 class TerminalPrinter:
-    """Prints a story job's events: streamed concept and story, the prompt, a progress bar for the image."""
+    """Prints a story job's events: streamed concept and story, the prompt, a progress bar for the image.
+
+    The prompt row finishes while the story still streams; its text waits until the story is done.
+    """
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.streaming: str | None = None
+        self.held: list[str] = []
 
     def __call__(self, event: StoryEvent) -> None:
         handler: Callable[[StoryEvent], None] | None = getattr(self, f"_on_{event.kind}", None)
@@ -214,7 +218,8 @@ class TerminalPrinter:
         if event.step == "story" and event.draft is not None:
             self._write(f"\nTitle: {event.draft.title}\n")
         if event.step == "prompt":
-            self._write(f"\n== Image prompt ({event.source}) ==\n{event.text}\n")
+            self.held.append(f"\n== Image prompt ({event.source}) ==\n{event.text}\n")
+        self._release()
 
     def _on_image_progress(self, event: StoryEvent) -> None:
         if event.progress is None:
@@ -227,7 +232,14 @@ class TerminalPrinter:
         self._write("\nImage done.\n")
 
     def _on_notice(self, event: StoryEvent) -> None:
-        self._write(f"\nNote: {event.text}\n")
+        self.held.append(f"\nNote: {event.text}\n")
+        self._release()
+
+    def _release(self) -> None:
+        """Print what waited for a stream to end, unless a stream is still going."""
+        if self.streaming is None:
+            self._write("".join(self.held))
+            self.held.clear()
 
     def _write(self, text: str) -> None:
         self.out.write(text)

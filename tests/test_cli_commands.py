@@ -188,3 +188,31 @@ def test_unexpected_failures_exit_1_with_one_line(monkeypatch, capsys, caplog):
     assert "Traceback" not in caplog.text
     code, _, err = run(capsys, "--verbose", "library", "list")
     assert code == 1 and "Traceback" in caplog.text, "--verbose logs the traceback"
+
+
+def test_printer_keeps_the_prompt_out_of_the_streaming_story():
+    import io
+
+    from storyloom.workflow import StoryDraft, StoryEvent
+
+    out = io.StringIO()
+    printer = cli.TerminalPrinter(out)
+    for event in (
+        StoryEvent("step_started", "story", source="story-writer"),
+        StoryEvent("step_started", "prompt", source="sdxl-prompter"),
+        StoryEvent("text_delta", "story", text="Once \x1b[2Jupon"),
+        StoryEvent("text_delta", "prompt", text="fox, "),
+        StoryEvent("step_finished", "prompt", text="fox, forest", source="sdxl-prompter"),
+        StoryEvent("notice", "prompt", text="trimmed"),
+        StoryEvent("text_delta", "story", text=" a time."),
+        StoryEvent("step_finished", "story", text="Once upon a time.", draft=StoryDraft("i", title="Once")),
+        StoryEvent("image_progress", "image", progress=(1, 2)),
+        StoryEvent("image_progress", "image", progress=(2, 2)),
+        StoryEvent("image_done", "image"),
+    ):
+        printer(event)
+    text = out.getvalue()
+    assert "Once [2Jupon a time.\n" in text and "\x1b" not in text
+    assert text.index("a time.") < text.index("Title: Once") < text.index("fox, forest") < text.index("Note: trimmed")
+    assert "fox, \n" not in text, "prompt deltas are not streamed into the story"
+    assert text.endswith(f"\rDrawing [{'#' * 30}] 2/2\nImage done.\n")
