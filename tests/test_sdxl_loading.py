@@ -83,6 +83,15 @@ def test_separate_vae_folder(tiny, tmp_path):
     )
 
 
+def test_separate_vae_single_file(tiny):
+    folder, _, configs = tiny
+    vae_file = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    r = SDXLRenderer.load(folder, vae_path=vae_file, config_dir=configs)
+    expected = AutoencoderKL.from_pretrained(folder / "vae").state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in r.pipeline.vae.state_dict().items())
+    assert r.pipeline.vae.config.force_upcast is False  # a VAE given apart is tried in fp16 first on CUDA
+
+
 @pytest.mark.parametrize("suffix", [".ckpt", ".bin", ".pt", ".pth"])
 def test_pickle_checkpoints_are_refused(tmp_path, suffix):
     path = tmp_path / f"model{suffix}"
