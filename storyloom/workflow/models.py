@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 # The demo models are tiny and random: short answers and small, quick images keep a demo run under a minute.
 DEMO_IMAGE_SIDE = 512
-DEMO_MAX_STEPS = 8
+DEMO_MAX_STEPS = 4
 DEMO_MAX_TOKENS = {"concept": 96, "story": 192, "prompt": 48}
 DEMO_MAX_SEQ_LEN = 1024
 
