@@ -20,7 +20,6 @@ OnError = Callable[[BaseException], None]
 class JobRunner(QObject):
     """Runs callables off the GUI thread; `on_done(result)` / `on_error(exc)` run on the GUI thread."""
 
-    busy_changed = Signal(bool)
     _finished = Signal(object, object, object)  # (future, on_done, on_error)
 
     def __init__(self, parent: QObject | None = None, num_workers: int = 2) -> None:
@@ -38,8 +37,6 @@ class JobRunner(QObject):
         if self._closed:
             raise RuntimeError("JobRunner is closed")
         self._num_running += 1
-        if self._num_running == 1:
-            self.busy_changed.emit(True)
         future = self._pool.submit(fn)
         future.add_done_callback(lambda f: self._emit_finished(f, on_done, on_error))
         return future
@@ -58,8 +55,6 @@ class JobRunner(QObject):
     @Slot(object, object, object)
     def _deliver(self, future: Future, on_done: OnDone | None, on_error: OnError | None) -> None:
         self._num_running -= 1
-        if self._num_running == 0:
-            self.busy_changed.emit(False)
         if future.cancelled():
             return
         exc = future.exception()

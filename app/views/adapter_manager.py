@@ -118,11 +118,6 @@ class AdapterManager(QWidget):
         rows = self.table.selectionModel().selectedRows()
         return self.model.row_at(rows[0].row()) if rows else None
 
-    def select_name(self, name: str) -> None:
-        for i, row in enumerate(self.model.rows()):
-            if row.name == name:
-                self.table.selectRow(i)
-
     def _on_selection(self, *_: object) -> None:
         row = self.selected()
         self.details.setPlainText(describe_adapter(row) if row is not None else "")

@@ -120,6 +120,7 @@ class MainWindow(QMainWindow):
             self.client.close()
             self.jobs.close(wait=True)
             self.log_bridge.uninstall()
+            gc.unfreeze()  # the closed models may be collected again
         super().closeEvent(event)
 
     # --- menu --------------------------------------------------------------------------------------------

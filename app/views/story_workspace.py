@@ -64,7 +64,6 @@ class StoryWorkspace(QWidget):
     """
 
     story_saved = Signal(str)
-    busy_changed = Signal(bool)
 
     def __init__(self, client: StudioClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -258,7 +257,6 @@ class StoryWorkspace(QWidget):
         except Exception as exc:  # InvalidRequestError, NotReadyError, ValueError: shown, nothing started
             self.message_error(str(exc))
             return
-        self.busy_changed.emit(True)
         self._update_buttons()
 
     def _clear_outputs(self) -> None:
@@ -314,7 +312,6 @@ class StoryWorkspace(QWidget):
                 self.message_error(str(value))  # the job's "error" event normally said it already
             if self.image_panel.final_image() is None:
                 self.image_panel.set_stopped("Failed")
-        self.busy_changed.emit(False)
         self._update_buttons()
 
     def message_error(self, text: str) -> None:
