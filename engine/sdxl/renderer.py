@@ -33,7 +33,7 @@ PREVIEW_EVERY = 5
 
 
 def resolve_device(device: str) -> str:
-    """ "auto" -> "cuda:0" when CUDA is available, else "cpu"; "cuda" -> "cuda:0"."""
+    """Map "auto" to "cuda:0" when CUDA is available (else "cpu") and "cuda" to "cuda:0"."""
     device = str(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -152,7 +152,10 @@ class SDXLRenderer:
         between_steps: Callable[[], None] | None = None,
     ) -> RenderResult:
         """Draw one image. Raises RenderCancelledError when `should_cancel()` turns true (polled every step),
-        RenderOutOfMemoryError when the GPU runs out of memory again after dropping one plan level."""
+        RenderOutOfMemoryError when the GPU runs out of memory again after dropping one plan level.
+
+        On out of memory the renderer drops one plan level and draws again from step 1 (same seed, same image);
+        the result's warnings say so, and `plan` shows the new level for the next renders."""
         params = replace(params, seed=params.seed if params.seed is not None else secrets.randbits(32))
         callbacks = (on_progress, should_cancel, between_steps)
         try:
