@@ -140,9 +140,7 @@ def _unet_prefixes(unet: UNet2DConditionModel) -> list[tuple[str, str]]:
             pairs += _resnet(f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{n}.0.")
             pairs.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{n}.1."))
         if i < levels - 1:
-            pairs.append(
-                (f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per + 1) * (i + 1)}.0.op.")
-            )
+            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per + 1) * (i + 1)}.0.op."))
         has_attention = unet.config.up_block_types[i].startswith("CrossAttn")
         for j in range(per + 1):
             n = (per + 1) * i + j
@@ -151,9 +149,7 @@ def _unet_prefixes(unet: UNet2DConditionModel) -> list[tuple[str, str]]:
         if i < levels - 1:
             n = (per + 1) * i + per
             pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{n}.{2 if has_attention else 1}."))
-    pairs += _resnet("mid_block.resnets.0.", "middle_block.0.") + _resnet(
-        "mid_block.resnets.1.", "middle_block.2."
-    )
+    pairs += _resnet("mid_block.resnets.0.", "middle_block.0.") + _resnet("mid_block.resnets.1.", "middle_block.2.")
     pairs.append(("mid_block.attentions.0.", "middle_block.1."))
     return pairs
 
