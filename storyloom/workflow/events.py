@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -22,17 +22,8 @@ EventKind = Literal[
 ]
 Step = Literal["concept", "story", "prompt", "image", "run"]
 
-EVENT_KINDS: tuple[str, ...] = (
-    "step_started",
-    "text_delta",
-    "step_finished",
-    "image_progress",
-    "image_done",
-    "notice",
-    "error",
-    "finished",
-)
-STEPS: tuple[str, ...] = ("concept", "story", "prompt", "image", "run")
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
+STEPS: tuple[str, ...] = get_args(Step)
 
 BASE_MODEL = "base model"
 
