@@ -238,3 +238,18 @@ def test_settings_dialog_updates_the_shared_settings_and_saves_them(qtbot):
     saved = Settings.load()
     assert saved.sampling["story"].temperature == pytest.approx(0.4) and saved.vram_plan_override == plan
     window.close()
+
+
+def test_size_choices_are_the_engines_sdxl_buckets():
+    from app.views.story_workspace import IMAGE_SIZES
+    from engine.sdxl.params import SDXL_BUCKETS
+
+    assert IMAGE_SIZES[0] is None and IMAGE_SIZES[1:] == SDXL_BUCKETS
+
+
+def test_the_gui_modules_load_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, app.main, app.screenshots, app.views.main_window\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The SDXL training buckets (width, height); None = the settings' default size.
+# The SDXL training buckets (width, height), as engine.sdxl.SDXL_BUCKETS (a test keeps them equal; the GUI
+# does not import the engine); None = the settings' default size.
 IMAGE_SIZES: tuple[tuple[int, int] | None, ...] = (
     None,
     (1024, 1024),
@@ -43,8 +44,6 @@ IMAGE_SIZES: tuple[tuple[int, int] | None, ...] = (
     (832, 1216),
     (1344, 768),
     (768, 1344),
-    (1536, 640),
-    (640, 1536),
 )
 
 
