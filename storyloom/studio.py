@@ -203,8 +203,8 @@ class Studio:
 
         Raises InvalidRequestError at once for a bad idea, NotReadyError before the models are loaded.
         """
-        pipeline = self._require_pipeline()
-        image = self._run_settings().image
+        pipeline = self._current_pipeline()
+        image = pipeline.settings.image
         draft = StoryDraft(
             idea=self.check_idea(idea),
             seed=options.seed,
@@ -218,7 +218,7 @@ class Studio:
     def new_story(self, draft: StoryDraft, on_event: EventCallback) -> Job:
         """Same concept: a new story and a new image prompt in one batch; a drawn image is redrawn from
         the new prompt with the same seed."""
-        pipeline = self._require_pipeline()
+        pipeline = self._current_pipeline()
         if not draft.concept.strip():
             raise InvalidRequestError("draft: it has no concept yet; generate a story first")
         base = draft.copy(demo=draft.demo or self.is_demo)
@@ -387,9 +387,9 @@ class Studio:
             **base,
         )
 
-    def set_vram_override(self, plan_name: str | None) -> None:
-        """Force a VRAM plan by name (None = automatic); saved in the settings and applied at once when the
-        models are loaded (on the engine thread, between renders)."""
+    def set_vram_override(self, plan_name: str | None) -> Future[None]:
+        """Force a VRAM plan by name (None = automatic). Saved in the settings at once; loaded models move on
+        the engine thread once the current render is done. Never blocks: the future says when it applied."""
         from engine.vram import PLAN_NAMES
 
         if plan_name is not None and plan_name not in PLAN_NAMES:
@@ -397,8 +397,11 @@ class Studio:
         self.settings.vram_plan_override = plan_name
         self.settings.save()
         models = self._models
-        if models is not None and models.renderer is not None:
-            models.engine.run_on_engine_thread(lambda: self._apply_plan(models)).result()
+        if models is None or models.renderer is None:
+            applied: Future[None] = Future()
+            applied.set_result(None)
+            return applied
+        return models.engine.run_on_engine_thread(lambda: self._apply_plan(models))
 
     # --- internals --------------------------------------------------------------------------------------
     def _load(self, future: Future[StudioStatus], render: bool) -> None:
@@ -496,8 +499,14 @@ class Studio:
         assert self._pipeline is not None
         return self._pipeline
 
-    def _render_job(self, draft: StoryDraft, on_event: EventCallback) -> Job:
+    def _current_pipeline(self) -> StoryPipeline:
+        """The pipeline, reading the settings as they are now (the GUI edits the shared Settings object)."""
         pipeline = self._require_pipeline()
+        pipeline.settings = self._run_settings()
+        return pipeline
+
+    def _render_job(self, draft: StoryDraft, on_event: EventCallback) -> Job:
+        pipeline = self._current_pipeline()
         if pipeline.renderer is None:
             raise NotReadyError("no SDXL model is loaded (the studio was started without images)")
         if not draft.image_prompt.strip():

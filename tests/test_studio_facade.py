@@ -12,7 +12,7 @@ import pytest
 from engine.errors import AdapterError, AdapterNotFoundError, CheckpointError, InvalidRequestError
 from storyloom.demo.demo_adapters import build_demo_adapter
 from storyloom.demo.tiny_llama import build_tiny_llama
-from storyloom.settings import ImageDefaults, Settings
+from storyloom.settings import ImageDefaults, Settings, StepSampling
 from storyloom.studio import NotReadyError, Studio
 from storyloom.workflow import StoryDraft, StoryOptions
 from storyloom.workflow.pipeline import PROMPT_ROLE, STORY_ROLE
@@ -161,17 +161,19 @@ def test_adapter_manager(ready, tmp_path, demo_models):
     assert STORY_ROLE not in ready.engine.adapters.names()
     row = next(r for r in ready.list_adapters() if r.name == STORY_ROLE)
     assert not row.enabled and row.state == "disk"
+    ready.settings.sampling["story"] = StepSampling(temperature=0.5, top_p=0.9, max_tokens=7)  # as the GUI does
     draft = ready.new_story(StoryDraft("a storm", concept="A storm visits."), Recorder()).result()
     assert draft.sources["story"] == "base model (story-writer weights not installed)"
+    assert draft.sampling["story"]["max_tokens"] == 7 and draft.sampling["story"]["temperature"] == 0.5
     ready.set_adapter_enabled(STORY_ROLE, True)
     assert STORY_ROLE in ready.engine.adapters.names()
 
 
 def test_vram_override_is_saved(ready):
-    ready.set_vram_override("cpu only")
+    ready.set_vram_override("cpu only").result()
     assert Settings.load().vram_plan_override == "cpu only"
     assert ready.status().plan_override == "cpu only" and ready.status().plan_name == "cpu only"
-    ready.set_vram_override(None)
+    ready.set_vram_override(None).result()
     assert Settings.load().vram_plan_override is None
 
 
