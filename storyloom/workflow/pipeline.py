@@ -9,9 +9,9 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adapters import AdapterManifest
+from adapters import AdapterManifest, AdapterStore
 from engine import SamplingParams
 from engine.errors import InvalidRequestError, RenderCancelledError, StoryloomError
 from engine.sdxl import RenderParams
@@ -22,6 +22,11 @@ from storyloom.workflow.events import BASE_MODEL, StoryEvent, fallback_source
 from storyloom.workflow.job import Job, JobCancelled
 from storyloom.workflow.parsing import fit_clip_prompt, parse_image_prompt, parse_story, printable
 from storyloom.workflow.prompts import CONCEPT_PROMPT
+
+if TYPE_CHECKING:
+    from engine import Engine
+    from engine.sdxl import SDXLRenderer
+    from engine.vram import VramPlan
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +75,10 @@ class StoryPipeline:
 
     def __init__(
         self,
-        engine: Any,
-        renderer: Any | None,
-        adapter_store: Any,
-        plan: Any | None = None,
+        engine: Engine,
+        renderer: SDXLRenderer | None,
+        adapter_store: AdapterStore,
+        plan: VramPlan | None = None,
         *,
         settings: Settings | None = None,
     ) -> None:
@@ -206,6 +211,7 @@ class StoryPipeline:
         if self._adapter_loaded(role):
             return _Row(step, role, role, role)
         source = fallback_source(role)
+        log.info("%s: no '%s' adapter is loaded; the base model runs the role's prompt", step, role)
         job.emit(
             StoryEvent(
                 "notice",
@@ -265,6 +271,7 @@ class StoryPipeline:
             return prompt
         fitted = fit_clip_prompt(prompt, self.renderer.tokens_used, MAX_PROMPT_TOKENS)
         if fitted != prompt:
+            log.info("image prompt trimmed to %d CLIP tokens: %s", MAX_PROMPT_TOKENS, fitted)
             job.emit(
                 StoryEvent(
                     "notice",
