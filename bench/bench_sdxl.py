@@ -67,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cards", type=float, nargs="*", default=[8, 12, 16], help="simulated card sizes, GiB")
     ap.add_argument("--llm-gb", type=float, default=5.3, help="LLM ballast beside SDXL on capped cards, GB")
+    ap.add_argument("--sequential-steps", type=int, default=10, help="steps of 'sequential offload' rows (slow)")
     ap.add_argument("--cpu-steps", type=int, default=2, help="steps of the 'cpu only' plan")
     ap.add_argument("--skip-cpu", action="store_true", help="skip the 'cpu only' plan")
     ap.add_argument("--budget-s", type=float, default=500, help="skip what is left after this many seconds")
@@ -269,7 +270,9 @@ class Bench:
         self.results["speed"] = speed
 
     def plan_row(self, renderer: SDXLRenderer, plan, params: RenderParams) -> dict:
-        row = {"plan": plan.name, "estimated_peak_gb": round(plan.estimated_peak_bytes / GiB, 3)}
+        if plan.sdxl_placement == "sequential_offload":
+            params = replace(params, steps=min(params.steps, self.args.sequential_steps))
+        row = {"plan": plan.name, "steps": params.steps, "estimated_peak_gb": round(plan.estimated_peak_bytes / GiB, 3)}
         try:
             renderer.apply_plan(plan)
             row["applied_plan"] = renderer.plan.name
@@ -311,20 +314,21 @@ class Bench:
         llm_bytes = int(self.args.llm_gb * 1e9)
         llm = ModelFootprint(weights_bytes=llm_bytes, kv_cache_bytes=0, lora_slots_bytes=0, workspace_bytes=0)
         fp = renderer.footprint(params.width, params.height)
+        gpus = {card_gb: GpuMemory(total_bytes=int(card_gb * GiB)) for card_gb in self.args.cards}
+        picks = {card_gb: plan_vram(gpu, llm, fp).name for card_gb, gpu in gpus.items()}
+        # The planner's pick on every card first (the claim to check), then the other plans.
+        order = [(c, picks[c]) for c in gpus] + [(c, n) for c in gpus for n in PLAN_NAMES[:-1] if n != picks[c]]
         rows = []
         try:
-            for card_gb in self.args.cards:
-                card = int(card_gb * GiB)
-                gpu = GpuMemory(total_bytes=card)
-                pick = plan_vram(gpu, llm, fp).name
-                for name in PLAN_NAMES[:-1]:
-                    row = {"card_gb": card_gb, "llm_gb": self.args.llm_gb, "planner_pick": name == pick}
-                    if not self.time_left():
-                        rows.append({**row, "plan": name, "status": "skipped (time budget)"})
-                        continue
-                    plan = plan_vram(gpu, llm, fp, override=name)
-                    rows.append({**row, **self.capped_row(renderer, plan, params, card / total, llm_bytes)})
-                    self.write()
+            for card_gb, name in order:
+                row = {"card_gb": card_gb, "llm_gb": self.args.llm_gb, "planner_pick": name == picks[card_gb]}
+                if not self.time_left():
+                    rows.append({**row, "plan": name, "status": "skipped (time budget)"})
+                    continue
+                plan = plan_vram(gpus[card_gb], llm, fp, override=name)
+                fraction = gpus[card_gb].total_bytes / total
+                rows.append({**row, **self.capped_row(renderer, plan, params, fraction, llm_bytes)})
+                self.write()
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0, device)
             reset_peak(device)
