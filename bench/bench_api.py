@@ -115,14 +115,14 @@ def make_prompts(engine: Engine, count: int, num_tokens: int) -> list[list[dict[
     prompts = []
     for i in range(count):
         start = (i * 37) % len(words)
-        take = num_tokens
+        take = max(1, num_tokens // 4)
         while True:
             text = " ".join((words[start:] + words[:start]) * (take // len(words) + 1))
             text = " ".join(text.split()[:take])
             messages = [{"role": "user", "content": text}]
             if engine.count_tokens(messages) >= num_tokens or take > 8 * num_tokens:
                 break
-            take += max(1, num_tokens // 8)
+            take += max(1, num_tokens // 32)
         prompts.append(messages)
     return prompts
 
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         model=folder,
         device=device,
         max_batch_size=args.max_batch_size,
-        max_seq_len=args.prompt_tokens + args.max_tokens + 64,
+        max_seq_len=2 * args.prompt_tokens + args.max_tokens + 64,
         max_loras=max(1, len(adapter_paths)),
         max_queue=max(256, args.clients * 2),
     )

@@ -70,7 +70,14 @@ class Engine:
         self._incoming: list[list[Sequence]] = []
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self._ids = itertools.count(1)
-        self._job_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        # On CUDA the LLM runs on a high-priority stream and jobs (renders) on a normal one: when both have work,
+        # the GPU schedules decode blocks first, so a render slows the story down as little as possible.
+        self._llm_stream = self._job_stream = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # weights and caches were written on the loading thread's stream
+            _, highest = torch.cuda.Stream.priority_range()
+            self._llm_stream = torch.cuda.Stream(self.device, priority=highest)
+            self._job_stream = torch.cuda.Stream(self.device)
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="storyloom-engine", daemon=True)
         self._thread.start()
@@ -201,7 +208,13 @@ class Engine:
 
     @torch.inference_mode()
     def _loop(self) -> None:
-        """Everything on the engine thread runs in inference mode: tensors made here stay writable here."""
+        """Everything on the engine thread runs in inference mode (tensors made here stay writable here) and, on
+        CUDA, on the LLM stream."""
+        with self._engine_stream():
+            self._serve()
+        self._shutdown()
+
+    def _serve(self) -> None:
         while True:
             with self._cv:
                 while not (self._closed or self._incoming or self._jobs or self.scheduler.running):
@@ -210,14 +223,13 @@ class Engine:
                         break
                     self._cv.wait()
                 if self._closed:
-                    break
+                    return
             self._absorb_incoming()
             self._run_jobs()
             try:
                 self.step()
             except Exception:  # a failed step ends its requests (done inside); never the engine
                 log.exception("engine step failed")
-        self._shutdown()
 
     def _absorb_incoming(self) -> None:
         with self._cv:
@@ -248,9 +260,7 @@ class Engine:
             future.set_exception(e)
 
     def _engine_stream(self):
-        if self._job_stream is None:
-            return contextlib.nullcontext()
-        return torch.cuda.stream(torch.cuda.default_stream(self.device))
+        return contextlib.nullcontext() if self._llm_stream is None else torch.cuda.stream(self._llm_stream)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         for seq in seqs:

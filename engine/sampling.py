@@ -17,25 +17,37 @@ class RowSampler:
         self.seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(self.seed)
-        self.seen: torch.Tensor | None = None
-        if params.repetition_penalty != 1.0:
-            with torch.inference_mode():
-                self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)  # [V]
-                self.seen[torch.tensor(prompt_ids, device=device)] = True
+        self._prompt_ids = prompt_ids
+        self._vocab_size = vocab_size
+        self._device = device
+        self._seen: torch.Tensor | None = None
+
+    @property
+    def seen(self) -> torch.Tensor | None:
+        """[V] bool mask of tokens in the prompt and output, for the repetition penalty; made on the engine
+        thread at first use, so it lives on the engine's stream."""
+        if self.params.repetition_penalty == 1.0:
+            return None
+        if self._seen is None:
+            self._seen = torch.zeros(self._vocab_size, dtype=torch.bool, device=self._device)
+            self._seen[torch.tensor(self._prompt_ids, device=self._device)] = True
+        return self._seen
 
     def observe(self, token: int) -> None:
-        if self.seen is not None:
-            self.seen[token] = True
+        seen = self.seen
+        if seen is not None:
+            seen[token] = True
 
 
 def sample(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     # logits: [B, V] fp32 -> token ids [B] int64 (on the device)
     device = logits.device
     for i, row in enumerate(rows):
-        if row.seen is not None:
+        seen = row.seen
+        if seen is not None:
             p = row.params.repetition_penalty
             li = logits[i]
-            logits[i] = torch.where(row.seen, torch.where(li > 0, li / p, li * p), li)
+            logits[i] = torch.where(seen, torch.where(li > 0, li / p, li * p), li)
     greedy = logits.argmax(dim=-1)
     if all(r.params.is_greedy for r in rows):
         return greedy

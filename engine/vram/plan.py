@@ -38,16 +38,16 @@ class VramPlan:
     """A named plan with its estimates, for the renderer, the engine and the UI's memory bar."""
 
     name: str
-    sdxl_placement: str  # one of PLACEMENTS
     estimated_peak_bytes: int  # GPU bytes at the drawing peak, both models together
     llm_bytes: int  # LLM bytes on the GPU while drawing
     sdxl_bytes: int  # SDXL bytes on the GPU at the drawing peak
     total_bytes: int  # the card's memory (0 without a GPU): the memory bar's full length
-    usable_bytes: int  # what plans may fill: the card less a reserve, never more than was free
     both_resident: bool  # LLM and all SDXL weights stay on the GPU together
-    llm_offload_while_drawing: bool
-    fits: bool
     notes: tuple[str, ...]
+    sdxl_placement: str  # one of PLACEMENTS: what the renderer applies
+    usable_bytes: int  # what plans may fill: the card less a reserve, never more than was free
+    llm_offload_while_drawing: bool  # the engine moves the LLM to CPU RAM for each render
+    fits: bool
     fallback: VramPlan | None = field(default=None, repr=False, compare=False)  # the next level down
 
     def __post_init__(self) -> None:
