@@ -46,6 +46,7 @@ def test_buckets_are_the_sdxl_training_resolutions():
         ("guidance", float("nan")),
         ("guidance", float("inf")),
         ("guidance", "5"),
+        ("guidance", True),
         ("scheduler", "ddim"),
         ("scheduler", "Euler"),
         ("seed", -1),

@@ -54,7 +54,8 @@ class RenderParams:
                 problems.append(f"{name}: must be a multiple of 8 within {MIN_SIDE}..{MAX_SIDE}, got {value!r}")
         if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
             problems.append(f"steps: must be an integer within 1..{MAX_STEPS}, got {self.steps!r}")
-        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance) or self.guidance < 0:
+        number = isinstance(self.guidance, (int, float)) and not isinstance(self.guidance, bool)
+        if not number or not math.isfinite(self.guidance) or self.guidance < 0:
             problems.append(f"guidance: must be a finite number >= 0, got {self.guidance!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             problems.append(f"seed: must be an integer within 0..2**64-1 or None, got {self.seed!r}")
