@@ -214,3 +214,40 @@ def test_png_is_a_real_png(tmp_path):
     with Image.open(io.BytesIO(data)) as img:
         assert img.format == "PNG"
         assert "Negative prompt: blurry, text" in img.text["parameters"]
+
+
+def test_reading_while_another_thread_saves(tmp_path, monkeypatch):
+    import os
+    import threading
+    import time
+
+    real_replace = os.replace
+
+    def slow_replace(src, dst):
+        real_replace(src, dst)
+        if ".trash-" in str(dst):  # widen the moment where the old version is moved away
+            time.sleep(0.02)
+
+    monkeypatch.setattr(store_mod.os, "replace", slow_replace)
+    lib = StoryLibrary(tmp_path)
+    first = lib.save(make_draft("First"))
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            draft = lib.get(first)
+            for i in range(5):
+                draft.title = f"First v{i}"
+                lib.save(draft)
+                lib.save(make_draft(f"Other {i}"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while thread.is_alive():
+        assert first in {s.id for s in lib.list()}
+        assert lib.get(first).title.startswith("First")
+    thread.join()
+    assert errors == []
+    assert len(lib.list()) == 6 and lib.get(first).title == "First v4"

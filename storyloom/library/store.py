@@ -271,15 +271,16 @@ class StoryLibrary:
             yield db
 
     def _index_query(self, sql: str, args: tuple[str, ...]) -> builtins.list[tuple]:
+        # No lock: SQLite serialises readers and the writer, so a list never waits for a story being saved.
+        try:
+            with self._connect() as db:
+                return db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            log.warning("library: index query failed (%s); rebuilding the index", exc)
         with self._lock:
-            try:
-                with self._connect() as db:
-                    return db.execute(sql, args).fetchall()
-            except sqlite3.DatabaseError as exc:
-                log.warning("library: index query failed (%s); rebuilding the index", exc)
-                self.rebuild_index()
-                with self._connect() as db:
-                    return db.execute(sql, args).fetchall()
+            self.rebuild_index()
+            with self._connect() as db:
+                return db.execute(sql, args).fetchall()
 
     def _index_execute(self, sql: str, args: tuple) -> None:
         with self._lock:
