@@ -222,3 +222,34 @@ def test_library_open_export_delete(qtbot, open_window, tmp_path, monkeypatch):
     assert "exists" in view.message.text()
     view.delete_current(confirmed=True)
     assert view.model.rowCount() == 0 and library.list() == []
+
+
+def test_rerun_new_image_rerender_and_new_story(qtbot, open_window):
+    window = open_window()
+    workspace = window.workspace
+    _generate(qtbot, window)
+    _wait_idle(qtbot, window)
+    first = workspace.draft
+    assert first is not None and first.story_id and first.image is not None
+
+    qtbot.mouseClick(workspace.new_image_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, window)
+    assert workspace.draft.seed != first.seed
+    assert workspace.draft.image_prompt == first.image_prompt and workspace.draft.story == first.story
+    assert workspace.image_panel.final_image() is not None
+
+    workspace.prompt_pane.text_edit.setPlainText("red lighthouse, storm clouds, oil painting")
+    assert workspace.rerender_button.isEnabled()
+    seed = workspace.draft.seed
+    qtbot.mouseClick(workspace.rerender_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, window)
+    assert workspace.draft.image_prompt == "red lighthouse, storm clouds, oil painting"
+    assert workspace.draft.seed == seed
+    assert workspace.prompt_pane.source_text() == "edited by you"
+
+    qtbot.mouseClick(workspace.new_story_button, Qt.MouseButton.LeftButton)
+    _wait_idle(qtbot, window)
+    assert workspace.draft.concept == first.concept
+    assert workspace.story_pane.text().strip() and workspace.story_pane.source_text() == "story-writer"
+    # every re-run replaced the one library entry
+    assert [s.id for s in window.client.studio.library.list()] == [first.story_id]

@@ -300,6 +300,7 @@ class StoryWorkspace(QWidget):
         self.relay = None
         if outcome == "completed":
             self.draft = value
+            self._show_sources(value)
             if value.story_id:
                 self.story_saved.emit(value.story_id)
         elif outcome == "cancelled":
@@ -316,6 +317,12 @@ class StoryWorkspace(QWidget):
     def message_error(self, text: str) -> None:
         log.error("%s", text)
         self.message.show_error(text)
+
+    def _show_sources(self, draft: StoryDraft) -> None:
+        for step in ("concept", "story", "prompt"):
+            source = draft.sources.get(step)
+            if source:
+                self._pane(step).set_source(source, source_kind(source))
 
     def _show_draft_fields(self, draft: StoryDraft) -> None:
         if draft.negative_prompt and not self.negative_edit.text():
@@ -337,14 +344,14 @@ class StoryWorkspace(QWidget):
         self.message.clear_message()
         self.idea_edit.setPlainText(draft.idea)
         story_text = f"{draft.title}\n\n{draft.story}" if draft.title else draft.story
-        for pane, text, step in (
-            (self.concept_pane, draft.concept, "concept"),
-            (self.story_pane, story_text, "story"),
-            (self.prompt_pane, draft.image_prompt, "prompt"),
+        for pane, text in (
+            (self.concept_pane, draft.concept),
+            (self.story_pane, story_text),
+            (self.prompt_pane, draft.image_prompt),
         ):
             pane.set_text(text)
-            source = draft.sources.get(step, "")
-            pane.set_source(source, source_kind(source))
+            pane.set_source("", "base")
+        self._show_sources(draft)
         self.negative_edit.setText(draft.negative_prompt)
         if draft.seed is not None:
             self.seed_edit.setText(str(draft.seed))
