@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.kernels import lora_reference, lora_shrink_expand
+from engine.kernels import lora_shrink_expand
 from engine.lora.context import LoraRouting
 
 
@@ -33,6 +33,7 @@ class LoraStack:
         self.ranks = torch.zeros(num_slots, device=device, dtype=torch.int32)
         self.segments = tuple(start for start, _ in parts[1:])
         self.rank_of_slot = [0] * num_slots
+        self.active_rank = 0
         self.use_kernels = use_kernels
 
     def nbytes(self) -> int:
@@ -50,12 +51,14 @@ class LoraStack:
             rank = max(rank, r)
         self.ranks[slot] = rank
         self.rank_of_slot[slot] = rank
+        self.active_rank = max(self.rank_of_slot)
 
     def clear(self, slot: int) -> None:
         self.a[slot].zero_()
         self.b[slot].zero_()
         self.ranks[slot] = 0
         self.rank_of_slot[slot] = 0
+        self.active_rank = max(self.rank_of_slot)
 
     def add_to(self, x: torch.Tensor, y: torch.Tensor, routing: LoraRouting) -> None:
         # x: [T, K]; y: [T, N] projection output, updated in place
@@ -69,6 +72,21 @@ class LoraStack:
                 y[:, start : start + width] += h @ self.b[s, start : start + width, :r].t()
             return
         assert routing.token_slots is not None
-        slots = routing.token_slots.to(torch.int32)  # [T]
-        apply = lora_shrink_expand if self.use_kernels else lora_reference
-        apply(x, slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
+        if self.use_kernels:
+            slots = routing.token_slots.to(torch.int32)  # [T]
+            lora_shrink_expand(x, slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
+            return
+        self._add_gathered(x, y, routing.token_slots)
+
+    def _add_gathered(self, x: torch.Tensor, y: torch.Tensor, slots: torch.Tensor) -> None:
+        """Reference path (CPU): gather each row's slot, trimmed to the largest rank resident; padding is zero."""
+        r = self.active_rank
+        if r == 0:
+            return
+        idx = slots.clamp(min=0)  # [T]
+        num_slots, _, k = self.a.shape
+        a = self.a.view(num_slots, len(self.parts), self.max_rank, k)[idx, :, :r]  # [T, G, r, K]
+        h = torch.einsum("tgrk,tk->tgr", a, x) * (slots >= 0)[:, None, None]  # [T, G, r]
+        for g, (start, width) in enumerate(self.parts):
+            b = self.b[idx, start : start + width, :r]  # [T, n, r]
+            y[:, start : start + width] += torch.bmm(b, h[:, g, :, None]).squeeze(-1)
