@@ -253,3 +253,20 @@ def test_the_gui_modules_load_no_torch():
 
     code = "import sys, app.main, app.screenshots, app.views.main_window\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_models_that_fail_to_load_are_reported_and_block_generate(qtbot, tmp_path):
+    settings = Settings(llm_path=tmp_path / "missing-llama", sdxl_path=tmp_path / "missing.safetensors")
+    window = MainWindow(Studio(settings), settings)
+    qtbot.addWidget(window)
+    window.show()
+    with qtbot.waitSignal(window.client.load_failed, timeout=60_000):
+        window.start()
+    dialog = window.findChild(QMessageBox, "errorDialog")
+    assert dialog is not None and dialog.isVisible()
+    assert "missing-llama" in dialog.text() and "does not exist" in dialog.text()
+    window.workspace.idea_edit.setPlainText("an idea")
+    assert not window.workspace.generate_button.isEnabled()
+    window.poll_status()
+    assert window.status.state_label.text().startswith("Models failed to load:")
+    window.close()
