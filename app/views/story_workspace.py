@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from app.workers import JobRelay, StudioClient, pil_to_qimage
 from storyloom.workflow import BASE_MODEL
 
 if TYPE_CHECKING:
-    from storyloom.studio import StoryDraft, StoryEvent, StoryOptions
+    from storyloom.studio import Job, StoryDraft, StoryEvent, StoryOptions
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,13 @@ class StoryWorkspace(QWidget):
     def generate(self) -> None:
         studio = self.client.studio
         idea = self.idea_edit.toPlainText()
+        try:
+            options = self.options()
+        except ValueError as exc:  # a bad seed: say so and keep the current story on screen
+            self.message_error(str(exc))
+            return
         self._clear_outputs()
-        self._start(lambda on_event: studio.generate(idea, self.options(), on_event))
+        self._start(lambda on_event: studio.generate(idea, options, on_event))
 
     def new_story(self) -> None:
         draft = self.draft
@@ -249,7 +255,7 @@ class StoryWorkspace(QWidget):
             self.relay.cancel()
             self.stop_button.setEnabled(False)
 
-    def _start(self, start) -> None:
+    def _start(self, start: Callable[[Callable[[StoryEvent], None]], Job]) -> None:
         self.message.clear_message()
         try:
             self.relay = self.client.run_job(start, self._on_event, self._on_finished)
