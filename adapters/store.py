@@ -11,7 +11,6 @@ only; the engine checks the tensors against the loaded base model.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.manifest import AdapterManifest, builtin_manifests, is_valid_name, is_valid_role
+from engine.atomic import fsync_dir, write_text_atomic
 from engine.errors import AdapterError, AdapterNotFoundError
 
 if sys.version_info >= (3, 11):
@@ -163,31 +163,6 @@ def peft_folder_problems(folder: Path) -> list[str]:
 
 
 # --- small file helpers -----------------------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _copy_durably(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
     with dst.open("rb+") as f:
@@ -331,7 +306,7 @@ class AdapterStore:
             return
         doomed = self.root / f"{REMOVING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
         os.rename(adapter.path, doomed)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         shutil.rmtree(doomed, ignore_errors=True)
         log.info("removed adapter %s", name)
 
@@ -343,7 +318,7 @@ class AdapterStore:
             values.setdefault("role", adapter.role)
             values.setdefault("description", adapter.description)
         adapter.path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(adapter.path / SIDECAR_FILE, _sidecar_text(values))
+        write_text_atomic(adapter.path / SIDECAR_FILE, _sidecar_text(values))
         return self._stored(name)
 
     # --- internals --------------------------------------------------------------------------------------
@@ -384,14 +359,14 @@ class AdapterStore:
             for file in (CONFIG_FILE, WEIGHTS_FILE):
                 _copy_durably(src / file, stage / file)
             if sidecar:
-                _write_atomic(stage / SIDECAR_FILE, _sidecar_text(sidecar))
-            _fsync_dir(stage)
+                write_text_atomic(stage / SIDECAR_FILE, _sidecar_text(sidecar))
+            fsync_dir(stage)
             if replace and final.exists():
                 os.rename(final, trash)
             elif final.exists():
                 raise AdapterError(name, [f"name {name!r} is taken by an adapter already imported"])
             os.rename(stage, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             if trash.exists() and not final.exists():
                 os.rename(trash, final)

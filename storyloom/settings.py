@@ -20,9 +20,9 @@ from typing import Any
 
 import tomli_w
 
+from engine.atomic import write_text_atomic
 from engine.errors import StoryloomError
 from storyloom import paths
-from storyloom.library.atomic import write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib

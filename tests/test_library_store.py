@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
+from engine import atomic as atomic_mod
 from storyloom.library import LibraryError, StoryLibrary
-from storyloom.library import atomic as atomic_mod
 from storyloom.library import store as store_mod
 from storyloom.library.codec import read_png_parameters
 from storyloom.workflow import StoryDraft

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from engine.atomic import write_bytes_atomic
 
 RECORD_KEY = "storyloom"  # PNG text chunk holding the whole record as JSON
 
@@ -39,14 +40,7 @@ class RenderResult:
     def save(self, path: str | Path) -> Path:
         """Write a PNG with the parameters in its text chunks; atomic (temp file, fsync, rename)."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                self.image.save(f, format="PNG", pnginfo=self.png_info())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        self.image.save(buffer, format="PNG", pnginfo=self.png_info())
+        write_bytes_atomic(path, buffer.getvalue())
         return path

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Literal
 
 from PIL import Image
 
+from engine.atomic import fsync_dir, write_bytes_atomic, write_text_atomic
 from engine.errors import StoryloomError
 from storyloom.library import codec
-from storyloom.library.atomic import fsync_dir, write_bytes_atomic, write_text_atomic
 from storyloom.library.filenames import safe_filename
 
 if TYPE_CHECKING:
