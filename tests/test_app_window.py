@@ -72,7 +72,7 @@ def _wait_idle(qtbot, window: MainWindow) -> None:
     qtbot.waitUntil(lambda: not window.workspace.is_busy, timeout=RUN_TIMEOUT_MS)
 
 
-def test_generate_end_to_end_while_the_window_stays_responsive(qtbot, open_window):
+def test_generate_end_to_end_while_the_window_stays_responsive(qtbot, open_window, tmp_path):
     window = open_window()
     workspace = window.workspace
     assert window.library.model.rowCount() == 0
@@ -105,6 +105,9 @@ def test_generate_end_to_end_while_the_window_stays_responsive(qtbot, open_windo
     qtbot.waitUntil(lambda: window.library.model.rowCount() == 1, timeout=10_000)
     assert window.library.model.story_at(0).id == workspace.draft.story_id
     assert workspace.new_story_button.isEnabled() and workspace.new_image_button.isEnabled()
+    workspace.image_panel.save_to(tmp_path / "saved.png")  # Save as keeps the generation parameters
+    with Image.open(tmp_path / "saved.png") as saved:
+        assert saved.text and str(workspace.draft.seed) in "".join(saved.text.values())
     assert len(gaps) > 10
     assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.3f} s"
 

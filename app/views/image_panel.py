@@ -157,6 +157,10 @@ class ImagePanel(QWidget):
         self.caption.setText(caption)
         self.save_button.setEnabled(True)
 
+    def set_source(self, source: Path | None) -> None:
+        """The shown image's PNG on disk (Save as copies it, keeping its generation parameters)."""
+        self._source = source
+
     def set_stopped(self, text: str) -> None:
         self.progress.setRange(0, 1)
         self.progress.setValue(0)

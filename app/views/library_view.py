@@ -23,6 +23,7 @@ from app.jobs import JobRunner
 from app.models.library_model import THUMB_SIZE, LibraryModel
 from app.views.messages import InlineMessage
 from app.workers import pil_to_qimage
+from storyloom.library.store import IMAGE_PNG
 
 if TYPE_CHECKING:
     from storyloom.library import StoryLibrary, StorySummary
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEARCH_DELAY_MS = 200
-IMAGE_FILE = "image.png"
 
 
 class LibraryView(QWidget):
@@ -146,7 +146,7 @@ class LibraryView(QWidget):
         except Exception as exc:
             self.message.show_error(f"Story “{story.title}” could not be opened: {exc}")
             return
-        image_file = story.folder / IMAGE_FILE
+        image_file = story.folder / IMAGE_PNG
         self.open_requested.emit(draft, read_only, image_file if image_file.is_file() else None)
 
     def export_current(self, fmt: str, folder: Path | None = None) -> Path | None:

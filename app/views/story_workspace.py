@@ -27,6 +27,7 @@ from app.views.image_panel import ImagePanel
 from app.views.messages import InlineMessage
 from app.views.stream_pane import StreamPane
 from app.workers import JobRelay, StudioClient, pil_to_qimage
+from storyloom.library.store import IMAGE_PNG
 from storyloom.workflow import BASE_MODEL
 
 if TYPE_CHECKING:
@@ -308,6 +309,8 @@ class StoryWorkspace(QWidget):
             self.draft = value
             self._show_sources(value)
             if value.story_id:
+                image_file = self.client.studio.library.root / value.story_id / IMAGE_PNG
+                self.image_panel.set_source(image_file if image_file.is_file() else None)
                 self.story_saved.emit(value.story_id)
         elif outcome == "cancelled":
             self.message.show_info("Stopped. Nothing was saved for the unfinished step.")
