@@ -7,6 +7,7 @@ Callbacks (`on_event`, done callbacks) arrive on worker or engine threads: GUIs 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -178,6 +179,7 @@ class Studio:
         models, self._models, self._pipeline = self._models, None, None
         if models is not None:
             models.engine.close()
+            gc.unfreeze()  # the closed models may be collected again
         log.info("studio closed")
 
     def __enter__(self) -> Studio:
@@ -437,6 +439,9 @@ class Studio:
             log.error("loading the models failed: %s", self._load_error)
             future.set_exception(exc)
             return
+        # The loaded libraries and models are a great many long-lived Python objects; a full garbage collection
+        # walking them holds the GIL for about a second, which freezes the window and stalls API streams.
+        gc.freeze()
         log.info("studio ready (%s)", "demo models" if self.is_demo else models.engine.model_id)
         future.set_result(self.status())
 

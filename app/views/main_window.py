@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 from typing import TYPE_CHECKING
 
@@ -95,9 +94,6 @@ class MainWindow(QMainWindow):
 
     def _on_ready(self, status: StudioStatus) -> None:
         log.info("models ready on %s", status.device_name or "the CPU")
-        # The loaded models are millions of long-lived Python objects; a full garbage collection walking them
-        # holds the GIL for about a second and freezes the window. Move them out of the collector's reach.
-        gc.freeze()
         self.workspace.set_ready(True, demo=status.demo)
         self.compare.set_ready(True)
         self.adapters.refresh()
@@ -120,7 +116,6 @@ class MainWindow(QMainWindow):
             self.client.close()
             self.jobs.close(wait=True)
             self.log_bridge.uninstall()
-            gc.unfreeze()  # the closed models may be collected again
         super().closeEvent(event)
 
     # --- menu --------------------------------------------------------------------------------------------
