@@ -70,7 +70,7 @@ def write_random_llama(folder: Path, shape: dict, device: str, seed: int = 0) ->
             "low_freq_factor": 1.0,
             "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192,
-        },  # fmt: skip
+        },
         "max_position_embeddings": 131072,
         "tie_word_embeddings": False,
         "bos_token_id": 1,

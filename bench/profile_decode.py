@@ -6,7 +6,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.llm_shapes import LLAMA3_8B, write_random_llama
