@@ -25,7 +25,7 @@ from typing import Any
 
 from adapters.manifest import AdapterManifest, builtin_manifests, is_valid_name, is_valid_role
 from engine.atomic import fsync_dir, write_text_atomic
-from engine.errors import AdapterError, AdapterNotFoundError
+from engine.errors import PICKLE_SUFFIXES, AdapterError, AdapterNotFoundError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SIDECAR_FILE = "storyloom.toml"
-PICKLE_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "adapter_model.ckpt")
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"  # a folder being replaced: put back when the replacement did not land
 REMOVING_PREFIX = ".removing-"  # a folder being deleted: always finished off
@@ -151,7 +150,7 @@ def peft_folder_problems(folder: Path) -> list[str]:
     if (folder / WEIGHTS_FILE).is_file():
         problems += _safetensors_problems(folder / WEIGHTS_FILE)
     else:
-        pickles = [p for p in PICKLE_WEIGHTS if (folder / p).exists()]
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
             problems.append(
                 f"{', '.join(pickles)}: pickle weights are refused (they can run code); "

@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from engine.errors import CheckpointError, UnsafeCheckpointError
+from engine.errors import PICKLE_SUFFIXES, CheckpointError, UnsafeCheckpointError
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -61,7 +60,7 @@ class Checkpoint:
         files = sorted(self.folder.glob("*.safetensors"))
         if files:
             return files
-        pickles = [p for p in self.folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        pickles = [p for p in self.folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
         if pickles:
             raise refuse_pickle(self.folder, pickles)
         raise CheckpointError(f"{self.folder}: no *.safetensors weight files found")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Weight formats that unpickle (and so can run code) when loaded; Storyloom refuses them everywhere.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
 
 class StoryloomError(Exception):
     """Base of every error Storyloom shows to a user."""

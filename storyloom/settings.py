@@ -21,7 +21,7 @@ from typing import Any
 import tomli_w
 
 from engine.atomic import write_text_atomic
-from engine.errors import StoryloomError
+from engine.errors import PICKLE_SUFFIXES, StoryloomError
 from storyloom import paths
 
 if sys.version_info >= (3, 11):
@@ -32,7 +32,6 @@ else:
 log = logging.getLogger(__name__)
 
 TEXT_STEPS: tuple[str, ...] = ("concept", "story", "prompt")
-PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_TOKENS_LIMIT = 32768
 # TOML section -> {key in the file: Settings field}; [sampling.<step>] and [image] are nested dataclasses.
 TOML_SECTIONS: dict[str, dict[str, str]] = {

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from engine.errors import AdapterError
+from engine.errors import PICKLE_SUFFIXES, AdapterError
 from engine.model_config import LlamaArgs
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def _read_config(folder: Path, problems: list[str]) -> dict[str, Any]:
 def _read_tensors(folder: Path, problems: list[str]) -> dict[str, torch.Tensor]:
     path = folder / WEIGHTS_FILE
     if not path.is_file():
-        pickles = [p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        pickles = [p.name for p in folder.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
         if pickles:
             problems.append(
                 f"weights are in pickle format ({', '.join(pickles)}); Storyloom loads {WEIGHTS_FILE} only, "

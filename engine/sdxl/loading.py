@@ -11,12 +11,11 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 from safetensors import safe_open
 
 from assets import ASSETS_DIR
-from engine.errors import CheckpointError, UnsafeCheckpointError
+from engine.errors import PICKLE_SUFFIXES, CheckpointError, UnsafeCheckpointError
 
 logger = logging.getLogger(__name__)
 
 SDXL_CONFIG_DIR = ASSETS_DIR / "sdxl"
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 BPE_FILES = ("vocab.json", "merges.txt")
 # Tensors a single-file SDXL checkpoint must hold, by component (original / LDM key layout).
@@ -44,7 +43,7 @@ def _weight_problems(folder: Path, name: str) -> tuple[list[str], list[str]]:
     missing = [] if (sub / "config.json").is_file() else [f"missing '{name}/config.json'"]
     if any(sub.glob("*.safetensors")):
         return missing, []
-    pickles = sorted(p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    pickles = sorted(p.name for p in sub.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         return missing, [f"'{name}/' has only pickle weights ({', '.join(pickles)}); .safetensors needed"]
     return [*missing, f"missing weights '{name}/*.safetensors'"], []
