@@ -122,9 +122,8 @@ class Engine:
                 raise QueueFullError(f"{pending} requests are already waiting (limit {self.config.max_queue})")
         self.adapters.retain(names)
         seqs = [self._sequence(ids, p, name) for ids, p, name in zip(encoded, params, names, strict=True)]
-        step = self.config.max_batch_size
         with self._cv:
-            self._incoming += [seqs[i : i + step] for i in range(0, len(seqs), step)]
+            self._incoming += self._groups(seqs)
             self._cv.notify()
         return [s.handle for s in seqs]
 
@@ -317,6 +316,17 @@ class Engine:
             future.cancel()
 
     # ---- helpers -------------------------------------------------------------------------------------------------
+
+    def _groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
+        """Splits a submission into groups that fit one batch: at most max_batch_size rows and max_loras adapters."""
+        groups: list[list[Sequence]] = [[]]
+        for seq in seqs:
+            group = groups[-1]
+            adapters = {s.adapter for s in group if s.adapter is not None} | {seq.adapter} - {None}
+            if len(group) == self.config.max_batch_size or len(adapters) > self.config.max_loras:
+                groups.append([])
+            groups[-1].append(seq)
+        return groups
 
     def _per_prompt(self, sampling: Sampling, n: int) -> list[SamplingParams]:
         if sampling is None:

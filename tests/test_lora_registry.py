@@ -166,3 +166,15 @@ def test_other_family_is_a_warning_and_weights_become_fp16(setup, tmp_path):
         info = eng.adapters.load("m", f)
         assert info.warnings and "different model family" in info.warnings[0]
         assert eng.generate(["Hi"], GREEDY, adapters=["m"])[0].finish_reason == "length"
+
+
+def test_fan_out_over_more_adapters_than_slots_completes(setup):
+    base, adapters, _ = setup
+    with Engine(EngineConfig(model=base, quantization="none", max_batch_size=8, max_loras=2)) as eng:
+        for name, path in adapters.items():
+            eng.adapters.load(name, path)
+        names = [None, *adapters]
+        results = eng.fan_out("Once upon a time", GREEDY, adapters=names)
+        assert [r.adapter for r in results] == names
+        assert all(r.finish_reason == "length" for r in results)
+        assert eng.stats().max_adapters_in_step <= 2
