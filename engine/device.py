@@ -24,8 +24,6 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 def kernels_available(device: torch.device) -> bool:
     """Our Triton kernels serve CUDA devices; the CPU uses the bitsandbytes/torch reference path."""
-    if device.type != "cuda":
-        return False
-    import importlib.util
+    from engine.kernels import triton_available
 
-    return importlib.util.find_spec("triton") is not None and importlib.util.find_spec("engine.kernels") is not None
+    return device.type == "cuda" and triton_available()
