@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, Signal, Slot
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +67,34 @@ class JobRunner(QObject):
             return
         if on_done is not None:
             on_done(future.result())
+
+
+class ProgressRelay(QObject):
+    """A progress callback for a job on a worker thread: `report(value)` there, `on_progress(value)` runs on
+    the thread that owns the relay (the GUI thread), in report order and before the job's `JobRunner` result.
+
+    Posts events instead of emitting a signal: PySide6 6.12's `Signal.emit` drops a reference to `True` on
+    every call (a few hundred emits end the process with "bool_dealloc"), and a download reports thousands
+    of times. Reports still queued when the relay is deleted are dropped.
+    """
+
+    def __init__(self, on_progress: Callable[[Any], None], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._on_progress = on_progress
+
+    def report(self, value: Any) -> None:
+        """Called on the worker thread: post, nothing else."""
+        with contextlib.suppress(RuntimeError):  # the view was deleted while the job ran
+            QCoreApplication.postEvent(self, _ValueEvent(value))
+
+    def customEvent(self, event: QEvent) -> None:
+        if isinstance(event, _ValueEvent):
+            self._on_progress(event.value)
+
+
+class _ValueEvent(QEvent):
+    TYPE = QEvent.Type(QEvent.registerEventType())
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(self.TYPE)
+        self.value = value

@@ -1,18 +1,21 @@
-"""First run: no models configured yet — pick real model locations, or try the demo models at once."""
+"""First run: no models configured yet — pick real model locations, download them from the Hugging Face hub,
+or try the demo models at once."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
+from app.views.model_download import ModelDownloadPanel
 from app.views.model_paths import ModelPathsForm
 from storyloom.settings import Settings
 
 INTRO = (
     "Storyloom writes a story with a 4-bit Llama-3 and draws its illustration with SDXL, on your GPU.\n"
-    "Choose the models you already have on disk, or start with the tiny demo models to look around "
+    "Choose the models you already have on disk, download them, or start with the tiny demo models to look around "
     "(their text is gibberish and their images abstract)."
 )
 
@@ -37,11 +40,16 @@ class FirstRunDialog(QDialog):
         self.use_button = QPushButton("Use these models")
         self.use_button.clicked.connect(self.use_real_models)
         self.paths.validated.connect(self.use_button.setEnabled)
+        self.download = ModelDownloadPanel(settings.data_dir)
+        self.download.downloaded.connect(self.use_downloaded)
         self.quit_button = QPushButton("Quit")
         self.quit_button.clicked.connect(self.reject)
         real = QGroupBox("Your models")
         real_layout = QVBoxLayout(real)
-        real_layout.addWidget(self.paths)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.paths, "On this computer")
+        self.tabs.addTab(self.download, "Download from Hugging Face")
+        real_layout.addWidget(self.tabs)
         real_row = QHBoxLayout()
         real_row.addStretch(1)
         real_row.addWidget(self.use_button)
@@ -77,6 +85,16 @@ class FirstRunDialog(QDialog):
             use_demo_models=False,
         )
         self.accept()
+
+    def use_downloaded(self, locations: dict[str, Path]) -> None:
+        """Point the model fields at what was just downloaded; "Use these models" finishes when they check out."""
+        fields = {"llm": self.paths.llm_field, "sdxl": self.paths.sdxl_field}
+        for role, path in locations.items():
+            fields[role].set_path(path)
+
+    def done(self, result: int) -> None:
+        self.download.shutdown()
+        super().done(result)
 
     def result_settings(self) -> Settings | None:
         return self._result
