@@ -99,6 +99,7 @@ class StudioStatus:
     llm_model_id: str = ""
     sdxl_model_id: str = ""
     available_plans: tuple[str, ...] = field(default_factory=tuple)
+    api_url: str | None = None  # where the local API listens, when it runs
 
 
 class Studio:
@@ -131,6 +132,7 @@ class Studio:
         self._load_error: str | None = None
         self._jobs: set[Job] = set()
         self._executor = ThreadPoolExecutor(max_workers=MAX_PARALLEL_JOBS, thread_name_prefix="storyloom-job")
+        self._api: Any | None = None  # storyloom.api.ServerHandle while the local API runs
         self._closed = False
 
     # --- lifecycle --------------------------------------------------------------------------------------
@@ -173,6 +175,7 @@ class Studio:
                 return
             self._closed = True
             jobs = list(self._jobs)
+        self.stop_api()
         for job in jobs:
             job.cancel()
         self._executor.shutdown(wait=True)
@@ -187,6 +190,29 @@ class Studio:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- local API --------------------------------------------------------------------------------------
+    @property
+    def api_url(self) -> str | None:
+        api = self._api
+        return api.url if api is not None else None
+
+    def start_api(self) -> str:
+        """Serve the local OpenAI-compatible API from the loaded engine, at the settings' host and port (and key);
+        returns its URL. Refuses a non-loopback host without a key (storyloom.api.UnsafeBindError)."""
+        from storyloom.api import create_app, start_in_thread
+
+        with self._lock:
+            if self._api is None:
+                s = self.settings
+                self._api = start_in_thread(create_app(self.engine, self, api_key=s.api_key), s.api_host, s.api_port)
+            return self._api.url
+
+    def stop_api(self) -> None:
+        with self._lock:
+            api, self._api = self._api, None
+        if api is not None:
+            api.stop()
 
     # --- stories ----------------------------------------------------------------------------------------
     def default_options(self) -> StoryOptions:
@@ -364,6 +390,7 @@ class Studio:
             "demo": self.is_demo,
             "plan_override": self.settings.vram_plan_override,
             "available_plans": tuple(PLAN_NAMES),
+            "api_url": self.api_url,
         }
         models, plan = self._models, self._plan
         if models is None or self._closed:

@@ -6,9 +6,12 @@ window and library, and closes them.
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from PySide6.QtCore import Qt, QTimer
@@ -39,11 +42,11 @@ def open_window(qtbot, demo_models, tmp_path):
     """`open_window(sampling=...)` -> a shown MainWindow whose models are loaded; closed after the test."""
     windows: list[MainWindow] = []
 
-    def make(sampling=SHORT) -> MainWindow:
+    def make(sampling=SHORT, **settings_changes) -> MainWindow:
         data_dir = tmp_path / f"data-{len(windows)}"
         data_dir.mkdir()
         (data_dir / demo_models.name).symlink_to(demo_models, target_is_directory=True)
-        settings = Settings(use_demo_models=True, data_dir=data_dir, sampling=dict(sampling))
+        settings = Settings(use_demo_models=True, data_dir=data_dir, sampling=dict(sampling), **settings_changes)
         studio = Studio(settings)
         window = MainWindow(studio, settings)
         qtbot.addWidget(window)
@@ -256,3 +259,25 @@ def test_rerun_new_image_rerender_and_new_story(qtbot, open_window):
     assert workspace.story_pane.text().strip() and workspace.story_pane.source_text() == "story-writer"
     # every re-run replaced the one library entry
     assert [s.id for s in window.client.studio.library.list()] == [first.story_id]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_local_api_follows_the_settings(qtbot, open_window):
+    window = open_window(api_enabled=True, api_port=_free_port())
+    studio = window.client.studio
+    url = studio.api_url
+    assert url is not None and url.startswith("http://127.0.0.1:")
+    models = httpx.get(f"{url}/v1/models", timeout=30).json()
+    ids = [m["id"] for m in models["data"]]
+    assert ids[0] == studio.engine.model_id and "story-writer" in ids and "sdxl-prompter" in ids
+    window.poll_status()
+    assert f"API {url}" in window.status.state_label.text()
+    window.apply_settings(dataclasses.replace(window.settings, api_enabled=False))
+    assert studio.api_url is None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/v1/models", timeout=5)

@@ -97,7 +97,8 @@ class MainWindow(QMainWindow):
         self.workspace.set_ready(True, demo=status.demo)
         self.compare.set_ready(True)
         self.adapters.refresh()
-        self.status.show_status(status)
+        self.sync_api()
+        self.status.show_status(self.client.status())
 
     def _on_load_failed(self, exc: BaseException) -> None:
         self.workspace.set_ready(False)
@@ -152,6 +153,8 @@ class MainWindow(QMainWindow):
             self.settings.use_demo_models,
         )
         override_changed = new.vram_plan_override != self.settings.vram_plan_override
+        api_fields = ("api_enabled", "api_host", "api_port", "api_key")
+        api_changed = any(getattr(new, f) != getattr(self.settings, f) for f in api_fields)
         for field in dataclasses.fields(new):
             setattr(self.settings, field.name, getattr(new, field.name))
         try:
@@ -162,8 +165,25 @@ class MainWindow(QMainWindow):
             show_error(self, "Settings could not be saved", exc)
             return
         log.info("settings saved")
+        if api_changed:
+            self.client.studio.stop_api()
+            self.sync_api()
         if models_changed or override_changed:
             self.status.showMessage("Saved. The new models / VRAM plan apply when Storyloom starts again.", 10000)
+
+    def sync_api(self) -> None:
+        """Start or stop the local API to match the settings (once the models are loaded). A failure (port in use,
+        a non-loopback host without a key) is shown; the window carries on without the API."""
+        studio = self.client.studio
+        try:
+            if not self.settings.api_enabled:
+                studio.stop_api()
+            elif studio.is_ready and studio.api_url is None:
+                url = studio.start_api()
+                log.info("local API serving at %s", url)
+                self.status.showMessage(f"Local API at {url}", 10000)
+        except Exception as exc:
+            show_error(self, "The local API could not start", exc)
 
     def _about(self) -> None:
         QMessageBox.about(

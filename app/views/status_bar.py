@@ -93,6 +93,8 @@ class StudioStatusBar(QStatusBar):
         elif status.ready:
             models = " + ".join(m for m in (status.llm_model_id, status.sdxl_model_id) if m)
             state = ("Demo models" if status.demo else "Ready") + (f" — {models}" if models else "")
+            if status.api_url:
+                state += f" · API {status.api_url}"
         else:
             state = "Not loaded"
         self.state_label.setText(state)
