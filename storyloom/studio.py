@@ -70,6 +70,7 @@ class AdapterRow:
     builtin: bool
     installed: bool  # False for a built-in adapter whose weights are not installed
     path: Path | None = None
+    warnings: tuple[str, ...] = ()  # e.g. trained for another model family (shown to the user)
 
     @property
     def rank(self) -> int | None:
@@ -326,6 +327,7 @@ class Studio:
                     state=_ENGINE_STATES.get(info.state, "ram"),
                     installed=True,
                     path=Path(info.path),
+                    warnings=tuple(info.warnings),
                 )
             else:
                 source = self._adapter_source(stored.name, models) if models is not None else None

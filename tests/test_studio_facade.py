@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -138,6 +139,15 @@ def test_adapter_manager(ready, tmp_path, demo_models):
     row = ready.import_adapter(good, "my-style")
     assert (row.name, row.role, row.builtin, row.installed, row.rank) == ("my-style", "custom", False, True, 4)
     assert row.state in ("ram", "gpu") and "my-style" in ready.engine.adapters.names()
+    assert row.warnings == ()
+
+    # An adapter trained for another model family loads, with a warning the user sees.
+    cfg = json.loads((good / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "Qwen/Qwen2-7B"
+    (good / "adapter_config.json").write_text(json.dumps(cfg))
+    qwen = ready.import_adapter(good, "qwen-style")
+    assert qwen.warnings and "different model family" in qwen.warnings[0]
+    ready.remove_adapter("qwen-style")
 
     # Files fine, shapes wrong for this base: the engine refuses and nothing is kept.
     other_base = build_tiny_llama(tmp_path / "other-llm", hidden_size=32, num_heads=2, num_kv_heads=1)

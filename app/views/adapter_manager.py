@@ -49,6 +49,7 @@ def describe_adapter(row: AdapterRow) -> str:
     ]
     if not row.installed:
         lines += ["", f"Weights are not installed: the '{row.role}' step runs on the base model."]
+    lines += [f"Warning: {w}" for w in row.warnings]
     return "\n".join(lines)
 
 
@@ -148,7 +149,8 @@ class AdapterManager(QWidget):
 
         def done(row: AdapterRow) -> None:
             self.import_button.setEnabled(True)
-            self.message.show_info(f"Imported adapter “{row.name}” ({row.role}).")
+            warnings = "".join(f" Warning: {w}." for w in row.warnings)
+            self.message.show_info(f"Imported adapter “{row.name}” ({row.role}).{warnings}")
             log.info("adapter %s imported from %s", row.name, folder)
             self.refresh()
 
