@@ -144,10 +144,11 @@ class Engine:
         return self._stats.snapshot(len(self.scheduler.running), waiting)
 
     def footprint(self) -> ModelFootprint:
+        """Device bytes: weights (buffers; a tied lm_head counted once), KV cache, allocated LoRA slots."""
         weights = sum(b.numel() * b.element_size() for b in self.model.buffers())
         if self.model.lm_head.data_ptr() == self.model.embed.data_ptr():
             weights -= self.model.lm_head.numel() * self.model.lm_head.element_size()
-        return ModelFootprint(weights - self.adapters.slots_nbytes(), self.cache.nbytes(), self.adapters.slots_nbytes())
+        return ModelFootprint(weights, self.cache.nbytes(), self.adapters.slots_nbytes())
 
     def run_on_engine_thread(self, fn: Callable[[], Any]) -> Future:
         """Runs fn on the engine thread (between steps) and returns its future. Inline if called from it."""
@@ -319,7 +320,7 @@ class Engine:
 
     def _groups(self, seqs: list[Sequence]) -> list[list[Sequence]]:
         """Splits a submission into groups that fit one batch: at most max_batch_size rows and max_loras adapters."""
-        groups: list[list[Sequence]] = [[]]
+        groups: list[list[Sequence]] = [[]] if seqs else []
         for seq in seqs:
             group = groups[-1]
             adapters = {s.adapter for s in group if s.adapter is not None} | {seq.adapter} - {None}

@@ -8,7 +8,7 @@ import pytest
 
 from engine import Engine, EngineConfig, SamplingParams
 from engine.tokenizer import IncrementalDetokenizer
-from tests.llm_fixtures import make_llama
+from tests.llm_fixtures import make_llama, reference_model
 
 GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
 PROMPTS = ["Once upon a time", "The knight rode north through the snow and the", "Hi", "A café in Paris"]
@@ -150,3 +150,12 @@ def test_jobs_on_the_engine_thread_keep_requests_moving(engine):
     assert handle.result().token_ids == alone
     with pytest.raises(AssertionError):
         engine.step_between()  # only the engine thread may step
+
+
+def test_footprint_counts_weights_cache_and_adapter_slots(engine, checkpoint):
+    fp = engine.footprint()
+    params = sum(p.numel() for p in reference_model(checkpoint).parameters())
+    assert fp.weights_bytes == params * 4  # fp32 on the CPU: exactly the checkpoint's parameters
+    assert fp.kv_cache_bytes == engine.cache.nbytes() > 0
+    assert fp.lora_slots_bytes == 0
+    assert engine.generate([], GREEDY) == []
