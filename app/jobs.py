@@ -73,9 +73,10 @@ class ProgressRelay(QObject):
     """A progress callback for a job on a worker thread: `report(value)` there, `on_progress(value)` runs on
     the thread that owns the relay (the GUI thread), in report order and before the job's `JobRunner` result.
 
-    Posts events instead of emitting a signal: PySide6 6.12's `Signal.emit` drops a reference to `True` on
-    every call (a few hundred emits end the process with "bool_dealloc"), and a download reports thousands
-    of times. Reports still queued when the relay is deleted are dropped.
+    Posts events instead of emitting a signal: with PySide6 6.12 on Python 3.11, `Signal.emit` drops a
+    reference to `True` on every call (a few hundred emits before torch is loaded end the process with
+    "bool_dealloc"), and a download reports thousands of times. Reports still queued when the relay is
+    deleted are dropped.
     """
 
     def __init__(self, on_progress: Callable[[Any], None], parent: QObject | None = None) -> None:

@@ -13,8 +13,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
 from app.views.first_run import FirstRunDialog
-from app.views.model_download import PROGRESS_STEPS, ModelDownloadPanel
-from storyloom.downloads import DownloadManager
+from app.views.model_download import PROGRESS_STEPS, ModelDownloadPanel, OverallProgress, ProgressThrottle
+from storyloom.downloads import DownloadManager, DownloadProgress
 from storyloom.settings import Settings
 from tests.test_downloads_fakehub import FakeHub
 from tests.test_downloads_hub import LLAMA, SDXL, TOKEN, WANTED_LLAMA, llama_files, publish
@@ -68,13 +68,13 @@ def click_and_wait(qtbot, panel, button) -> None:
 
 
 def watch_reports(monkeypatch, panel, on_worker=lambda p: None) -> list:
-    """Record the progress reports the worker thread sends (and run `on_worker` there, before each)."""
+    """Record the progress reports the worker thread sends, and run `on_worker` there on each."""
     reports = []
     forward = panel.relay.report
 
     def report(p) -> None:
-        on_worker(p)
         reports.append(p)
+        on_worker(p)
         forward(p)
 
     monkeypatch.setattr(panel.relay, "report", report)
@@ -210,11 +210,13 @@ def test_first_run_download_then_use_these_models(qtbot, hub, served, tmp_path, 
     dialog = FirstRunDialog(Settings(data_dir=data_dir))
     qtbot.addWidget(dialog)
     dialog.show()
-    dialog.tabs.setCurrentWidget(dialog.download)
-    assert hub.requests == []  # nothing touches the network until asked
     assert not dialog.use_button.isEnabled()
+    qtbot.mouseClick(dialog.hub_button, Qt.MouseButton.LeftButton)
+    assert dialog.download_dialog is not None and dialog.download_dialog.isVisible()
+    assert hub.requests == []  # nothing touches the network until asked
+    panel = dialog.download_dialog.panel
+    assert panel.models_dir == data_dir / "models"
 
-    panel = dialog.download
     panel.token_edit.setText(TOKEN)
     click_and_wait(qtbot, panel, panel.check_button)
     with qtbot.waitSignal(panel.downloaded, timeout=WAIT_MS):
@@ -228,3 +230,54 @@ def test_first_run_download_then_use_these_models(qtbot, hub, served, tmp_path, 
     assert result.llm_path == data_dir / "models" / "llama-3-8b-instruct"
     assert result.sdxl_path == data_dir / "models" / "sdxl-base" / CHECKPOINT
     assert result.validate_model_paths() == []
+
+
+def test_progress_throttle_passes_steps_file_changes_the_end_and_slow_updates():
+    passed = []
+    now = [0.0]
+    throttle = ProgressThrottle(passed.append, steps=10, interval_s=1.0, clock=lambda: now[0])
+
+    def progress(file: str, done: int, total: int = 1000) -> OverallProgress:
+        return OverallProgress("m", done, total, DownloadProgress(file, done, total, done, total, 1.0))
+
+    for done in range(1, 1001):  # one report per byte, instantly: only the 10 steps, the first and the end
+        throttle(progress("a", done))
+    assert [p.bytes_done for p in passed] == [1, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    passed.clear()
+    throttle(progress("b", 1000))  # another file, same step
+    throttle(progress("b", 1000))  # the end is always passed on
+    now[0] += 1.0
+    throttle(progress("b", 1000))
+    assert len(passed) == 3
+    passed.clear()
+    for done in (1, 2, 3):
+        throttle(progress("c", done, total=10**9))
+    now[0] += 1.0
+    throttle(progress("c", 4, total=10**9))  # no step moved, but the interval passed
+    assert [p.bytes_done for p in passed] == [1, 4]
+
+
+def test_quitting_first_run_mid_download_cancels_and_waits_for_the_worker(qtbot, hub, served, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", hub.url(""))
+    dialog = FirstRunDialog(Settings(data_dir=tmp_path / "data"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    panel = dialog.open_download().panel
+    panel.model_checks["sdxl"].setChecked(False)
+    panel.token_edit.setText(TOKEN)
+    click_and_wait(qtbot, panel, panel.check_button)
+    resumed = []
+
+    def stall(p) -> None:  # on the worker: a slow network, until Cancel is requested
+        resumed.append(panel.cancel_requested.wait(WAIT_MS / 1000))
+
+    reports = watch_reports(monkeypatch, panel, on_worker=stall)
+    qtbot.mouseClick(panel.download_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(reports) > 0, timeout=WAIT_MS)
+
+    with qtbot.waitSignal(dialog.rejected, timeout=WAIT_MS):
+        qtbot.mouseClick(dialog.quit_button, Qt.MouseButton.LeftButton)
+    assert dialog.result_settings() is None and not dialog.download_dialog.isVisible()
+    assert resumed == [True]  # Quit requested the cancel and waited until the worker went on from the stall
+    llm_dir = panel.models_dir / "llama-3-8b-instruct"
+    assert [p.name for p in llm_dir.iterdir()] == ["config.json"]  # the file in flight ends; no other starts

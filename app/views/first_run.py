@@ -7,16 +7,16 @@ import dataclasses
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from app.views.model_download import ModelDownloadPanel
+from app.views.model_download import ModelDownloadDialog
 from app.views.model_paths import ModelPathsForm
 from storyloom.settings import Settings
 
 INTRO = (
     "Storyloom writes a story with a 4-bit Llama-3 and draws its illustration with SDXL, on your GPU.\n"
-    "Choose the models you already have on disk, download them, or start with the tiny demo models to look around "
-    "(their text is gibberish and their images abstract)."
+    "Choose the models you already have on disk or download them, or start with the tiny demo models to look "
+    "around (their text is gibberish and their images abstract)."
 )
 
 
@@ -29,6 +29,7 @@ class FirstRunDialog(QDialog):
         self.setMinimumWidth(680)
         self._settings = settings
         self._result: Settings | None = None
+        self.download_dialog: ModelDownloadDialog | None = None
         title = QLabel("Welcome to Storyloom", objectName="paneTitle")
         intro = QLabel(INTRO, objectName="hint")
         intro.setWordWrap(True)
@@ -37,20 +38,19 @@ class FirstRunDialog(QDialog):
         self.demo_button.clicked.connect(self.use_demo_models)
         self.paths = ModelPathsForm()
         self.paths.set_paths(settings)
+        self.hub_button = QPushButton("Download from Hugging Face…")
+        self.hub_button.setToolTip("Llama 3 8B Instruct and SDXL base 1.0, with their size shown before starting")
+        self.hub_button.clicked.connect(self.open_download)
         self.use_button = QPushButton("Use these models")
         self.use_button.clicked.connect(self.use_real_models)
         self.paths.validated.connect(self.use_button.setEnabled)
-        self.download = ModelDownloadPanel(settings.data_dir)
-        self.download.downloaded.connect(self.use_downloaded)
         self.quit_button = QPushButton("Quit")
         self.quit_button.clicked.connect(self.reject)
         real = QGroupBox("Your models")
         real_layout = QVBoxLayout(real)
-        self.tabs = QTabWidget()
-        self.tabs.addTab(self.paths, "On this computer")
-        self.tabs.addTab(self.download, "Download from Hugging Face")
-        real_layout.addWidget(self.tabs)
+        real_layout.addWidget(self.paths)
         real_row = QHBoxLayout()
+        real_row.addWidget(self.hub_button)
         real_row.addStretch(1)
         real_row.addWidget(self.use_button)
         real_layout.addLayout(real_row)
@@ -86,6 +86,15 @@ class FirstRunDialog(QDialog):
         )
         self.accept()
 
+    def open_download(self) -> ModelDownloadDialog:
+        """Show the download dialog (one, kept while this dialog lives, so a cancelled download can resume)."""
+        if self.download_dialog is None:
+            self.download_dialog = ModelDownloadDialog(self._settings.data_dir, parent=self)
+            self.download_dialog.panel.downloaded.connect(self.use_downloaded)
+        self.download_dialog.show()
+        self.download_dialog.raise_()
+        return self.download_dialog
+
     def use_downloaded(self, locations: dict[str, Path]) -> None:
         """Point the model fields at what was just downloaded; "Use these models" finishes when they check out."""
         fields = {"llm": self.paths.llm_field, "sdxl": self.paths.sdxl_field}
@@ -93,7 +102,9 @@ class FirstRunDialog(QDialog):
             fields[role].set_path(path)
 
     def done(self, result: int) -> None:
-        self.download.shutdown()
+        if self.download_dialog is not None:
+            self.download_dialog.panel.shutdown()
+            self.download_dialog.close()
         super().done(result)
 
     def result_settings(self) -> Settings | None:

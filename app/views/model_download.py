@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
+    QDialog,
+    QDialogButtonBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -108,6 +111,32 @@ class OverallProgress:
     current: DownloadProgress
 
 
+class ProgressThrottle:
+    """Passes a report on when it moves the bar a step, starts another file, ends the download, or
+    `interval_s` has passed: a many-GB download then updates the GUI a few thousand times, not once a chunk."""
+
+    def __init__(
+        self,
+        report: Callable[[OverallProgress], None],
+        steps: int = PROGRESS_STEPS,
+        interval_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._report = report
+        self._steps = steps
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: tuple[str, int] | None = None
+        self._last_time = 0.0
+
+    def __call__(self, p: OverallProgress) -> None:
+        now = self._clock()
+        key = (p.current.file, p.bytes_done * self._steps // p.bytes_total if p.bytes_total else 0)
+        if key != self._last or p.bytes_done >= p.bytes_total or now - self._last_time >= self._interval_s:
+            self._last, self._last_time = key, now
+            self._report(p)
+
+
 def free_disk_bytes(folder: Path) -> int:
     """Free bytes on the disk that holds `folder` (or its nearest existing parent)."""
     probe = folder.absolute()
@@ -137,6 +166,7 @@ def download_models(
     cancel: threading.Event,
 ) -> dict[str, Path]:
     """Worker thread: fetch every checked model in turn; returns {role: location for the settings}."""
+    report = ProgressThrottle(report)
     offset = 0
     with manager_factory() as manager:
         for check in result.checks:
@@ -197,7 +227,7 @@ class ModelDownloadPanel(QWidget):
         self.cancel_button.setToolTip("Stop; the partial files are kept and the next Download resumes them")
         self.plan_view = QPlainTextEdit()
         self.plan_view.setReadOnly(True)
-        self.plan_view.setMaximumHeight(130)
+        self.plan_view.setFixedHeight(120)
         self.plan_view.hide()
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, PROGRESS_STEPS)
@@ -218,7 +248,6 @@ class ModelDownloadPanel(QWidget):
         form = QFormLayout()
         form.addRow("Models", choice)
         form.addRow("Hugging Face token", self.token_edit)
-        form.addRow("", self.token_hint)
         form.addRow("Saved to", QLabel(str(self.models_dir), objectName="hint"))
         buttons = QHBoxLayout()
         buttons.addStretch(1)
@@ -230,6 +259,7 @@ class ModelDownloadPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
+        layout.addWidget(self.token_hint)
         layout.addLayout(buttons)
         layout.addWidget(self.plan_view)
         layout.addWidget(self.progress_bar)
@@ -252,6 +282,7 @@ class ModelDownloadPanel(QWidget):
         if self._busy or not roles:
             return
         token = self.token_edit.text().strip() or None
+        self._forget_check()
         self._start("Checking the Hugging Face hub…")
         self._jobs.run(
             lambda: check_models(roles, self.models_dir, token, self._endpoint, self._manager_factory),
@@ -371,3 +402,33 @@ class ModelDownloadPanel(QWidget):
         self.token_edit.setEnabled(idle)
         for box in self.model_checks.values():
             box.setEnabled(idle)
+        self._fit_window()
+
+    def _fit_window(self) -> None:
+        """Grow the window when a message or the file list appears (wrapped text does not grow it by itself)."""
+        window = self.window()
+        layout = window.layout()
+        if layout is not None and layout.hasHeightForWidth():
+            needed = layout.totalHeightForWidth(window.width())
+            if needed > window.height():
+                window.resize(window.width(), needed)
+
+
+class ModelDownloadDialog(QDialog):
+    """The download panel in its own window; closing it cancels a running download (partial files stay)."""
+
+    def __init__(self, data_dir: Path, endpoint: str | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Download models from Hugging Face")
+        self.setMinimumWidth(680)
+        self.panel = ModelDownloadPanel(data_dir, endpoint=endpoint)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.panel)
+        layout.addWidget(buttons)
+
+    def done(self, result: int) -> None:
+        if self.panel.is_busy:
+            self.panel.cancel()
+        super().done(result)
