@@ -281,3 +281,21 @@ def test_quitting_first_run_mid_download_cancels_and_waits_for_the_worker(qtbot,
     assert resumed == [True]  # Quit requested the cancel and waited until the worker went on from the stall
     llm_dir = panel.models_dir / "llama-3-8b-instruct"
     assert [p.name for p in llm_dir.iterdir()] == ["config.json"]  # the file in flight ends; no other starts
+
+
+def test_closing_the_download_window_cancels_and_reopening_keeps_the_check(qtbot, hub, served, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", hub.url(""))
+    dialog = FirstRunDialog(Settings(data_dir=tmp_path / "data"))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    window = dialog.open_download()
+    panel = window.panel
+    panel.model_checks["llm"].setChecked(False)
+    click_and_wait(qtbot, panel, panel.check_button)
+    watch_reports(monkeypatch, panel, on_worker=lambda p: panel.cancel_requested.wait(WAIT_MS / 1000))
+    qtbot.mouseClick(panel.download_button, Qt.MouseButton.LeftButton)
+
+    window.reject()
+    qtbot.waitUntil(lambda: not panel.is_busy, timeout=WAIT_MS)
+    assert "cancelled" in panel.message.text() and not window.isVisible()
+    assert dialog.open_download() is window and panel.download_button.isEnabled()
