@@ -119,7 +119,7 @@ class ProgressThrottle:
         self,
         report: Callable[[OverallProgress], None],
         steps: int = PROGRESS_STEPS,
-        interval_s: float = 0.5,
+        interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._report = report
