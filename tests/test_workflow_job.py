@@ -147,3 +147,11 @@ def test_job_cancelled_inside_work_settles_as_cancelled_without_cancel():
 def test_options_check_sampling_values():
     with pytest.raises(ValueError, match=r"sampling\['story'\]: temperature"):
         StoryOptions(sampling={"story": {"temperature": -1.0}})
+
+
+def test_finished_is_always_the_last_event():
+    events: list[StoryEvent] = []
+    job = Job(events.append)
+    job.execute(lambda j: None)
+    job.emit(StoryEvent("text_delta", "story", text="late"))  # e.g. a stream reader still draining
+    assert [e.kind for e in events] == ["finished"]

@@ -35,6 +35,7 @@ class Job:
         self._on_event = on_event
         self._future: Future[Any] = Future()
         self._emit_lock = threading.Lock()
+        self._finished = False
         self._state_lock = threading.Lock()
         self._cancel = threading.Event()
         self._children: list[Cancellable] = []
@@ -70,10 +71,15 @@ class Job:
 
     # --- used by the work itself ----------------------------------------------------------------------
     def emit(self, event: StoryEvent) -> None:
-        """Report ``event``; a failing callback is logged, never allowed to break the job."""
+        """Report ``event``; a failing callback is logged, never allowed to break the job. ``finished`` is always
+        the last event: a late one (e.g. a stream reader still draining a cancelled row) is dropped."""
         if self._on_event is None:
             return
         with self._emit_lock:
+            if self._finished:
+                log.debug("dropped a %s event that came after the job finished", event.kind)
+                return
+            self._finished = event.kind == "finished"
             try:
                 self._on_event(event)
             except Exception:

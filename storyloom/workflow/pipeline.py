@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 STORY_ROLE = "story-writer"
 PROMPT_ROLE = "sdxl-prompter"
 MIN_ANSWER_TOKENS = 16
+READER_JOIN_S = 30.0  # a cancelled row's reader drains within moments; never wait forever
 
 
 class PipelineError(StoryloomError):
@@ -171,6 +172,8 @@ class StoryPipeline:
         except BaseException:
             for row in rows:
                 row.handle.cancel()
+            for row in rows:
+                row.reader.join(timeout=READER_JOIN_S)  # their last deltas land before the job says finished
             if pending_render is not None:
                 pending_render.cancel()
             raise
