@@ -9,6 +9,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from engine import AdapterError, AdapterNotFoundError, Engine, EngineConfig, InvalidRequestError, SamplingParams
+from engine.lora.adapter import family_warnings
 from tests.llm_fixtures import ADAPTER_SPECS, make_llama, make_peft_adapter
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
@@ -178,3 +179,21 @@ def test_fan_out_over_more_adapters_than_slots_completes(setup):
         assert [r.adapter for r in results] == names
         assert all(r.finish_reason == "length" for r in results)
         assert eng.stats().max_adapters_in_step <= 2
+
+
+@pytest.mark.parametrize(
+    ("base", "warned"),
+    [
+        ("mistralai/Mistral-7B-v0.1", True),
+        ("Qwen/Qwen2-7B", True),
+        ("microsoft/phi-2", True),
+        ("C:\\models\\Phi-3-mini", True),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", False),
+        ("/home/philip/models/llama3", False),  # "phi" inside a folder name is no family
+        ("/tmp/tmphi7ux752/base", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_family_warning_reads_the_model_name_only(base, warned):
+    assert bool(family_warnings(base)) is warned

@@ -189,7 +189,7 @@ def read_adapter(name: str, folder: str | Path, args: LlamaArgs, max_rank: int) 
         problems.append("the weights file holds no LoRA tensors")
     if problems:
         raise AdapterError(name, problems)
-    warnings = _family_warnings(cfg.get("base_model_name_or_path"), args)
+    warnings = family_warnings(cfg.get("base_model_name_or_path"))
     weights_path = folder / WEIGHTS_FILE
     info = AdapterInfo(
         name=name,
@@ -209,12 +209,17 @@ def read_adapter(name: str, folder: str | Path, args: LlamaArgs, max_rank: int) 
     return AdapterWeights(info, modules)
 
 
-def _family_warnings(base: Any, args: LlamaArgs) -> list[str]:
-    if not isinstance(base, str) or not base:
+OTHER_FAMILIES = ("mistral", "mixtral", "qwen", "gemma", "phi", "falcon", "gpt", "opt", "bloom", "olmo", "deepseek")
+
+
+def family_warnings(base: Any) -> list[str]:
+    """A warning when the adapter's base model name (its last path part, e.g. "Mistral-7B-v0.1") is another family."""
+    if not isinstance(base, str) or not base.strip():
         return []
-    lowered = base.lower()
-    other = [f for f in ("mistral", "qwen", "gemma", "phi", "falcon", "gpt", "opt", "bloom") if f in lowered]
-    if "llama" not in lowered and other:
+    words = re.split(r"[^a-z0-9]+", base.strip().replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower())
+    if any(w.startswith("llama") for w in words):
+        return []
+    if any(w.startswith(family) for w in words for family in OTHER_FAMILIES):
         return [f"it was trained for '{base}', a different model family than the loaded Llama base; output may be poor"]
     return []
 

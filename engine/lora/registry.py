@@ -55,6 +55,7 @@ class AdapterRegistry:
         self._entries: dict[str, _Entry] = {}
         self._slot_owner: list[str | None] = [None] * config.max_loras
         self._version = 0
+        self._layout = self._stack_layout()
 
     # ---- public -----------------------------------------------------------------------------------------------
 
@@ -98,7 +99,19 @@ class AdapterRegistry:
             return sorted(self._entries)
 
     def version(self) -> int:
+        """Changes when captured decode graphs must be redone: a LoRA stack was allocated, or the largest resident
+        rank changed (the CPU/gather path slices by it). Writing adapters into existing slots keeps graphs valid."""
         return self._version
+
+    def _stack_layout(self) -> tuple[int, int]:
+        stacks = [p.lora for p in self._unique if p.lora is not None]
+        return len(stacks), max((s.active_rank for s in stacks), default=0)
+
+    def _note_layout(self) -> None:
+        layout = self._stack_layout()
+        if layout != self._layout:
+            self._layout = layout
+            self._version += 1
 
     def slots_nbytes(self) -> int:
         return sum(p.lora_nbytes() for p in self._unique)
@@ -184,7 +197,7 @@ class AdapterRegistry:
                 )
         entry.slot = slot
         self._slot_owner[slot] = name
-        self._version += 1
+        self._note_layout()
         log.info("adapter '%s' written to GPU slot %d", name, slot)
 
     def _clear_slot(self, slot: int) -> None:
@@ -198,6 +211,6 @@ class AdapterRegistry:
             if entry.slot >= 0:
                 self._clear_slot(entry.slot)
                 self._slot_owner[entry.slot] = None
-                self._version += 1
+                self._note_layout()
             self._lock.notify_all()
         log.info("adapter '%s' unloaded", name)
