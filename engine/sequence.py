@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine.config import SamplingParams
-from engine.handle import GenerationResult, RequestHandle
+from engine.handle import FINISH_REASONS, GenerationResult, RequestHandle
 from engine.sampling import RowSampler
 from engine.tokenizer import IncrementalDetokenizer
 
@@ -67,6 +67,7 @@ class Sequence:
 
     def finish(self, reason: str | None = None, error: str | None = None) -> GenerationResult:
         self.finish_reason = reason or self.finish_reason or "stop"
+        assert self.finish_reason in FINISH_REASONS, self.finish_reason
         self.error = error
         if self.final_text is None:
             self.detok.flush()
