@@ -14,6 +14,7 @@ from PySide6.QtGui import QGuiApplication
 
 from app.views.first_run import FirstRunDialog
 from app.views.model_download import PROGRESS_STEPS, ModelDownloadPanel, OverallProgress, ProgressThrottle
+from app.views.settings_dialog import SettingsDialog
 from storyloom.downloads import DownloadManager, DownloadProgress
 from storyloom.settings import Settings
 from tests.test_downloads_fakehub import FakeHub
@@ -230,6 +231,25 @@ def test_first_run_download_then_use_these_models(qtbot, hub, served, tmp_path, 
     assert result.llm_path == data_dir / "models" / "llama-3-8b-instruct"
     assert result.sdxl_path == data_dir / "models" / "sdxl-base" / CHECKPOINT
     assert result.validate_model_paths() == []
+
+
+def test_settings_dialog_offers_the_download_and_fills_its_fields(qtbot, hub, served, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", hub.url(""))
+    data_dir = tmp_path / "data"
+    dialog = SettingsDialog(Settings(data_dir=data_dir), None)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.mouseClick(dialog.hub_button, Qt.MouseButton.LeftButton)
+    panel = dialog.paths.download_dialog.panel
+    assert panel.models_dir == data_dir / "models" and hub.requests == []
+    panel.token_edit.setText(TOKEN)
+    click_and_wait(qtbot, panel, panel.check_button)
+    with qtbot.waitSignal(panel.downloaded, timeout=WAIT_MS):
+        qtbot.mouseClick(panel.download_button, Qt.MouseButton.LeftButton)
+    assert dialog.paths.llm_field.path() == data_dir / "models" / "llama-3-8b-instruct"
+    assert dialog.paths.sdxl_field.path() == data_dir / "models" / "sdxl-base" / CHECKPOINT
+    dialog.reject()
+    assert not dialog.paths.download_dialog.isVisible()
 
 
 def test_progress_throttle_passes_steps_file_changes_the_end_and_slow_updates():

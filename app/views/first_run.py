@@ -4,7 +4,6 @@ or try the demo models at once."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
@@ -29,7 +28,6 @@ class FirstRunDialog(QDialog):
         self.setMinimumWidth(680)
         self._settings = settings
         self._result: Settings | None = None
-        self.download_dialog: ModelDownloadDialog | None = None
         title = QLabel("Welcome to Storyloom", objectName="paneTitle")
         intro = QLabel(INTRO, objectName="hint")
         intro.setWordWrap(True)
@@ -86,25 +84,15 @@ class FirstRunDialog(QDialog):
         )
         self.accept()
 
-    def open_download(self) -> ModelDownloadDialog:
-        """Show the download dialog (one, kept while this dialog lives, so a cancelled download can resume)."""
-        if self.download_dialog is None:
-            self.download_dialog = ModelDownloadDialog(self._settings.data_dir, parent=self)
-            self.download_dialog.panel.downloaded.connect(self.use_downloaded)
-        self.download_dialog.show()
-        self.download_dialog.raise_()
-        return self.download_dialog
+    @property
+    def download_dialog(self) -> ModelDownloadDialog | None:
+        return self.paths.download_dialog
 
-    def use_downloaded(self, locations: dict[str, Path]) -> None:
-        """Point the model fields at what was just downloaded; "Use these models" finishes when they check out."""
-        fields = {"llm": self.paths.llm_field, "sdxl": self.paths.sdxl_field}
-        for role, path in locations.items():
-            fields[role].set_path(path)
+    def open_download(self) -> ModelDownloadDialog:
+        return self.paths.open_download(self._settings.data_dir)
 
     def done(self, result: int) -> None:
-        if self.download_dialog is not None:
-            self.download_dialog.panel.shutdown()
-            self.download_dialog.close()
+        self.paths.close_download()
         super().done(result)
 
     def result_settings(self) -> Settings | None:

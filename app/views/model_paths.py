@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.views.messages import InlineMessage
+from app.views.model_download import ModelDownloadDialog
 from storyloom.settings import Settings
 
 SAFETENSORS_FILTER = "SDXL checkpoint (*.safetensors)"
@@ -95,6 +96,28 @@ class ModelPathsForm(QWidget):
         self._fields = {"llm": self.llm_field, "sdxl": self.sdxl_field, "vae": self.vae_field}
         for field in self._fields.values():
             field.changed.connect(self.validate)
+        self.download_dialog: ModelDownloadDialog | None = None
+
+    def open_download(self, data_dir: Path) -> ModelDownloadDialog:
+        """Show the hub download window (one per form, kept so a cancelled download can resume); finished
+        downloads fill the fields."""
+        if self.download_dialog is None:
+            self.download_dialog = ModelDownloadDialog(data_dir, parent=self.window())
+            self.download_dialog.panel.downloaded.connect(self.use_downloaded)
+        self.download_dialog.show()
+        self.download_dialog.raise_()
+        return self.download_dialog
+
+    def use_downloaded(self, locations: dict[str, Path]) -> None:
+        fields = {"llm": self.llm_field, "sdxl": self.sdxl_field}
+        for role, path in locations.items():
+            fields[role].set_path(path)
+
+    def close_download(self) -> None:
+        """Stop a running download (its partial files stay for a later resume) and close its window."""
+        if self.download_dialog is not None:
+            self.download_dialog.panel.shutdown()
+            self.download_dialog.close()
 
     def set_paths(self, settings: Settings) -> None:
         self.llm_field.set_path(settings.llm_path)

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QLabel,
     QLineEdit,
+    QPushButton,
     QSpinBox,
     QTabWidget,
     QVBoxLayout,
@@ -63,6 +65,10 @@ class SettingsDialog(QDialog):
         self.paths.validate()
 
     # --- tabs --------------------------------------------------------------------------------------------
+    def done(self, result: int) -> None:
+        self.paths.close_download()
+        super().done(result)
+
     def _models_tab(self, settings: Settings) -> QWidget:
         page = QWidget()
         self.paths = ModelPathsForm()
@@ -70,9 +76,13 @@ class SettingsDialog(QDialog):
         self.demo_check = QCheckBox("Use the demo models (tiny random models: try the app, output is gibberish)")
         self.demo_check.setChecked(settings.use_demo_models)
         note = QLabel("Model changes take effect the next time Storyloom starts.", objectName="hint")
+        self.hub_button = QPushButton("Download from Hugging Face…")
+        self.hub_button.setToolTip("Llama 3 8B Instruct and SDXL base 1.0, with their size shown before starting")
+        self.hub_button.clicked.connect(lambda: self.paths.open_download(settings.data_dir))
         layout = QVBoxLayout(page)
         layout.addWidget(self.demo_check)
         layout.addWidget(self.paths)
+        layout.addWidget(self.hub_button, 0, Qt.AlignmentFlag.AlignLeft)
         layout.addWidget(note)
         layout.addStretch(1)
         return page
