@@ -18,3 +18,14 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("userdirs")
     monkeypatch.setenv("STORYLOOM_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("STORYLOOM_DATA_DIR", str(home / "data"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # a developer's own token or endpoint never leaks into a test
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+
+
+@pytest.fixture
+def hub():
+    """A fake Hugging Face hub on 127.0.0.1 (tests/test_downloads_fakehub.py); nothing reaches the network."""
+    from tests.test_downloads_fakehub import FakeHub
+
+    with FakeHub() as server:
+        yield server

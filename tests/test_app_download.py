@@ -17,26 +17,20 @@ from app.views.model_download import PROGRESS_STEPS, ModelDownloadPanel, Overall
 from app.views.settings_dialog import SettingsDialog
 from storyloom.downloads import DownloadManager, DownloadProgress
 from storyloom.settings import Settings
-from tests.test_downloads_fakehub import FakeHub
-from tests.test_downloads_hub import LLAMA, SDXL, TOKEN, WANTED_LLAMA, llama_files, publish
+from tests.test_downloads_hub import (
+    LLAMA,
+    SDXL,
+    TOKEN,
+    WANTED_LLAMA,
+    llama_files,
+    publish,
+)
 
 CHUNK = 4096
 SHARD = "model-00001-of-00002.safetensors"
 CHECKPOINT = "sd_xl_base_1.0.safetensors"
 WAIT_MS = 30_000
 Usage = namedtuple("Usage", "total used free")
-
-
-@pytest.fixture(autouse=True)
-def _no_hub_environment(monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-
-
-@pytest.fixture
-def hub():
-    with FakeHub() as server:
-        yield server
 
 
 @pytest.fixture

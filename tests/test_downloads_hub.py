@@ -75,18 +75,6 @@ def llama_files() -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(autouse=True)
-def _no_hub_environment(monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-
-
-@pytest.fixture
-def hub():
-    with FakeHub() as server:
-        yield server
-
-
 @pytest.fixture
 def llama_hub(hub):
     files = llama_files()

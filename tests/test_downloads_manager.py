@@ -25,7 +25,6 @@ from storyloom.downloads import (
 )
 from storyloom.downloads import manager as manager_module
 from storyloom.downloads import transfer as transfer_module
-from tests.test_downloads_fakehub import FakeHub
 
 CHUNK = 64 * 1024
 BIG = random.Random(0).randbytes(1024 * 1024 + 123)
@@ -35,12 +34,6 @@ Usage = namedtuple("Usage", "total used free")
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def hub():
-    with FakeHub() as server:
-        yield server
 
 
 @pytest.fixture
