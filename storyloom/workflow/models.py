@@ -64,6 +64,12 @@ def check_model_paths(settings: Settings, *, render: bool) -> None:
         raise CheckpointError("the configured models cannot be used: " + "; ".join(problems))
 
 
+# Sized for one consumer card: 4 rows (the story + prompt batch, a Compare run or a few API clients) of 4,096
+# tokens keep the 8B KV cache at 2.1 GB, and 4 adapter slots (rank <= 64) at most 1.3 GB; the VRAM planner
+# reads the resulting footprint.
+APP_ENGINE_SIZES = {"max_batch_size": 4, "max_loras": 4, "max_lora_rank": 64}
+
+
 def load_models(settings: Settings, *, render: bool) -> LoadedModels:
     """Load the LLM (and with ``render`` the SDXL renderer) named by ``settings``, or the demo models."""
     from engine import Engine, EngineConfig
@@ -73,11 +79,11 @@ def load_models(settings: Settings, *, render: bool) -> LoadedModels:
 
         demo = ensure_demo_models(settings.data_dir)
         llm_path, sdxl_path, vae_path, adapters = demo.llm, demo.sdxl, None, dict(demo.adapters)
-        config = EngineConfig(model=llm_path, max_seq_len=DEMO_MAX_SEQ_LEN)
+        config = EngineConfig(model=llm_path, max_seq_len=DEMO_MAX_SEQ_LEN, **APP_ENGINE_SIZES)
     else:
         check_model_paths(settings, render=render)
         llm_path, sdxl_path, vae_path, adapters = settings.llm_path, settings.sdxl_path, settings.sdxl_vae_path, {}
-        config = EngineConfig(model=llm_path)
+        config = EngineConfig(model=llm_path, **APP_ENGINE_SIZES)
     log.info("loading the LLM from %s", llm_path)
     engine = Engine(config)
     renderer = None
