@@ -64,10 +64,10 @@ def check_model_paths(settings: Settings, *, render: bool) -> None:
         raise CheckpointError("the configured models cannot be used: " + "; ".join(problems))
 
 
-# Sized for one consumer card: 4 rows (the story + prompt batch, a Compare run or a few API clients) of 4,096
-# tokens keep the 8B KV cache at 2.1 GB, and 4 adapter slots (rank <= 64) at most 1.3 GB; the VRAM planner
-# reads the resulting footprint.
-APP_ENGINE_SIZES = {"max_batch_size": 4, "max_loras": 4, "max_lora_rank": 64}
+# Sized for one consumer card: 4 rows (the story + prompt batch, a Compare run or a few API clients) of 2,048
+# tokens (a concept, a 900-token story and the prompts fit) keep the 8B KV cache at 1.1 GB, and 4 adapter slots
+# (rank <= 64) take at most 1.3 GB; the VRAM planner reads the resulting footprint.
+APP_ENGINE_SIZES = {"max_batch_size": 4, "max_seq_len": 2048, "max_loras": 4, "max_lora_rank": 64}
 
 
 def load_models(settings: Settings, *, render: bool) -> LoadedModels:
@@ -79,7 +79,7 @@ def load_models(settings: Settings, *, render: bool) -> LoadedModels:
 
         demo = ensure_demo_models(settings.data_dir)
         llm_path, sdxl_path, vae_path, adapters = demo.llm, demo.sdxl, None, dict(demo.adapters)
-        config = EngineConfig(model=llm_path, max_seq_len=DEMO_MAX_SEQ_LEN, **APP_ENGINE_SIZES)
+        config = EngineConfig(model=llm_path, **{**APP_ENGINE_SIZES, "max_seq_len": DEMO_MAX_SEQ_LEN})
     else:
         check_model_paths(settings, render=render)
         llm_path, sdxl_path, vae_path, adapters = settings.llm_path, settings.sdxl_path, settings.sdxl_vae_path, {}
