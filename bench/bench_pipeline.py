@@ -15,36 +15,14 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from assets import ASSETS_DIR
+from bench.bench_sdxl import sdxl_shaped_pipeline
 from bench.llm_shapes import LLAMA3_8B, write_random_llama
 from engine import Engine, EngineConfig, SamplingParams
 from engine.sdxl import RenderParams, SDXLRenderer
 from storyloom.demo.demo_adapters import build_demo_adapter
 
-SDXL = ASSETS_DIR / "sdxl"
 ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def random_sdxl() -> StableDiffusionXLPipeline:
-    """SDXL base shapes from the shipped configs, random fp16 weights built directly on the GPU."""
-    with torch.device("cuda"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL / "vae"))
-        te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL / "text_encoder"))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL / "text_encoder_2"))
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=te1,
-        text_encoder_2=te2,
-        tokenizer=CLIPTokenizer.from_pretrained(SDXL / "tokenizer"),
-        tokenizer_2=CLIPTokenizer.from_pretrained(SDXL / "tokenizer_2"),
-        unet=unet,
-        scheduler=EulerDiscreteScheduler.from_pretrained(SDXL / "scheduler"),
-    )
-    return pipe.to(torch.float16)
 
 
 def timed(fn) -> tuple[float, object]:
@@ -75,7 +53,7 @@ def main() -> None:
             path = build_demo_adapter(root / name, folder, rank=16, alpha=32, target_modules=ALL7, seed=seed)
             eng.adapters.load(name, path)
         adapters = ["story-writer", "sdxl-prompter"]
-        pipe = random_sdxl()
+        pipe = sdxl_shaped_pipeline("cuda")
         renderer = SDXLRenderer.from_pipeline(pipe, model_id="sdxl-random", device="cuda", plan="all resident")
         report: dict = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
                         "commit": os.environ.get("BENCH_COMMIT", "unknown")}  # fmt: skip

@@ -42,12 +42,13 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from assets import ASSETS_DIR
 from engine.config import ModelFootprint
 from engine.sdxl import RenderOutOfMemoryError, RenderParams, SDXLRenderer
 from engine.vram import PLAN_NAMES, GpuMemory, plan_vram
+from storyloom.demo.tiny_sdxl import assemble_sdxl
 
 logger = logging.getLogger("bench_sdxl")
 GiB = 1024**3
@@ -90,17 +91,7 @@ def sdxl_shaped_pipeline(device: str) -> StableDiffusionXLPipeline:
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae")).to(dtype)
         te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg / "text_encoder")).to(dtype)
         te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(cfg / "text_encoder_2")).to(dtype)
-    return StableDiffusionXLPipeline(
-        vae=vae.eval(),
-        text_encoder=te1.eval(),
-        text_encoder_2=te2.eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(cfg / "tokenizer"),
-        tokenizer_2=CLIPTokenizer.from_pretrained(cfg / "tokenizer_2"),
-        unet=unet.eval(),
-        scheduler=EulerDiscreteScheduler.from_pretrained(cfg / "scheduler"),
-        force_zeros_for_empty_prompt=True,
-        add_watermarker=False,
-    )
+    return assemble_sdxl(unet, vae, te1, te2)
 
 
 def tiny_pipeline(device: str) -> StableDiffusionXLPipeline:

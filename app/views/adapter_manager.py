@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QInputDialog,
-    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QSplitter,
@@ -25,7 +24,7 @@ from PySide6.QtWidgets import (
 from app.formatting import format_bytes
 from app.jobs import JobRunner
 from app.models.adapter_table import AdapterTableModel, state_text
-from app.views.messages import InlineMessage
+from app.views.messages import InlineMessage, confirm
 
 if TYPE_CHECKING:
     from storyloom.studio import AdapterRow, Studio
@@ -165,16 +164,9 @@ class AdapterManager(QWidget):
         row = self.selected()
         if row is None:
             return
-        if not confirmed:
-            answer = QMessageBox.question(
-                self,
-                "Remove adapter?",
-                f"Remove the adapter “{row.name}” and delete its imported files?",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
-                return
+        question = f"Remove the adapter “{row.name}” and delete its imported files?"
+        if not confirmed and not confirm(self, "Remove adapter?", question):
+            return
         name = row.name
         self.jobs.run(
             lambda: self.studio.remove_adapter(name),

@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QListView,
-    QMessageBox,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -21,7 +20,7 @@ from PySide6.QtWidgets import (
 
 from app.jobs import JobRunner
 from app.models.library_model import THUMB_SIZE, LibraryModel
-from app.views.messages import InlineMessage
+from app.views.messages import InlineMessage, confirm
 from app.workers import pil_to_qimage
 from storyloom.library.store import IMAGE_PNG
 
@@ -177,23 +176,15 @@ class LibraryView(QWidget):
     def _ask_overwrite(self, exc: Exception) -> bool:
         if "exists" not in str(exc):
             return False
-        answer = QMessageBox.question(self, "Replace file?", f"{exc}\n\nReplace it?")
-        return answer == QMessageBox.StandardButton.Yes
+        return confirm(self, "Replace file?", f"{exc}\n\nReplace it?")
 
     def delete_current(self, confirmed: bool = False) -> None:
         story = self.selected_story()
         if story is None:
             return
-        if not confirmed:
-            answer = QMessageBox.question(
-                self,
-                "Delete story?",
-                f"Delete “{story.title or story.idea}” from the library?\nThis cannot be undone.",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
-                return
+        question = f"Delete “{story.title or story.idea}” from the library?\nThis cannot be undone."
+        if not confirmed and not confirm(self, "Delete story?", question):
+            return
         try:
             self.library.delete(story.id)
         except Exception as exc:

@@ -18,6 +18,12 @@ def error_details(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).strip()
 
 
+def confirm(parent: QWidget | None, title: str, text: str) -> bool:
+    """Ask a yes/no question whose safe answer (No) is the default."""
+    yes, no = QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.No
+    return QMessageBox.question(parent, title, text, yes | no, no) == yes
+
+
 def show_error(parent: QWidget | None, title: str, exc: BaseException) -> QMessageBox:
     """A non-blocking error dialog; the full traceback is under "Show Details..." and can be copied."""
     box = QMessageBox(QMessageBox.Icon.Warning, title, error_summary(exc), QMessageBox.StandardButton.Ok, parent)

@@ -77,6 +77,16 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     )
     text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN, TEXT_HIDDEN, "quick_gelu"))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(TEXT_2_HIDDEN, TEXT_2_PROJECTION, "gelu"))
+    return assemble_sdxl(unet, vae, text_encoder, text_encoder_2)
+
+
+def assemble_sdxl(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    text_encoder_2: CLIPTextModelWithProjection,
+) -> StableDiffusionXLPipeline:
+    """An SDXL pipeline from its four models, with the shipped CLIP tokenizers and Euler scheduler."""
     return StableDiffusionXLPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
