@@ -67,7 +67,8 @@ def module_shapes(args: LlamaArgs) -> dict[str, tuple[int, int]]:
     }
 
 
-def _pattern_value(patterns: dict[str, Any], module_path: str, default: Any) -> Any:
+def pattern_value(patterns: dict[str, Any], module_path: str, default: Any) -> Any:
+    """PEFT's rank_pattern/alpha_pattern rule: the first key that matches a suffix of the module path."""
     for key, value in patterns.items():
         if re.match(rf"(.*\.)?({key})$", module_path):
             return value
@@ -177,11 +178,11 @@ def read_adapter(name: str, folder: str | Path, args: LlamaArgs, max_rank: int) 
         path = (
             f"model.layers.{layer}.{'mlp' if module in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{module}"
         )
-        expected_r = _pattern_value(cfg.get("rank_pattern") or {}, path, cfg.get("r", r))
+        expected_r = pattern_value(cfg.get("rank_pattern") or {}, path, cfg.get("r", r))
         if expected_r != r:
             problems.append(f"{where}: tensor rank {r} differs from the configured rank {expected_r}")
             continue
-        alpha = float(_pattern_value(cfg.get("alpha_pattern") or {}, path, alpha_default))
+        alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, path, alpha_default))
         scale = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
         modules[(layer, module)] = (a.to(torch.float16), b.to(torch.float16), scale)
         ranks[module] = max(ranks.get(module, 0), r)

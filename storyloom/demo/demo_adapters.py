@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from engine.lora.adapter import module_shapes, pattern_value
+from engine.model_config import LlamaArgs
 
 logger = logging.getLogger(__name__)
 
@@ -23,32 +25,6 @@ ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 # Std of lora_B entries; with lora_A ~ N(0, 1/in) the update is comparable to the base weights.
 LORA_B_STD = 0.2
-
-
-def _module_shapes(config: dict) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each LoRA-targetable Llama linear."""
-    hidden = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
-    kv_heads = config.get("num_key_value_heads") or heads
-    inter = config["intermediate_size"]
-    return {
-        "q_proj": (hidden, heads * head_dim),
-        "k_proj": (hidden, kv_heads * head_dim),
-        "v_proj": (hidden, kv_heads * head_dim),
-        "o_proj": (heads * head_dim, hidden),
-        "gate_proj": (hidden, inter),
-        "up_proj": (hidden, inter),
-        "down_proj": (inter, hidden),
-    }
-
-
-def _pattern_value(patterns: dict[str, int], module_path: str, default: int) -> int:
-    # PEFT's rule (peft.utils.other.get_pattern_key): the first key matching a suffix of the module path.
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module_path):
-            return value
-    return default
 
 
 def _peft_config(
@@ -106,7 +82,7 @@ def build_demo_adapter(
     """Write a random PEFT LoRA adapter for the Llama checkpoint in `base_folder` to `folder`."""
     base_folder = Path(base_folder)
     config = json.loads((base_folder / "config.json").read_text(encoding="utf-8"))
-    shapes = _module_shapes(config)
+    shapes = module_shapes(LlamaArgs.from_dict(config))
     num_layers = config["num_hidden_layers"]
     unknown = sorted(set(target_modules) - set(shapes))
     if unknown or not target_modules:
@@ -125,7 +101,7 @@ def build_demo_adapter(
         for module in sorted(target_modules):
             block = "self_attn" if module in ATTENTION_MODULES else "mlp"
             path = f"model.layers.{layer}.{block}.{module}"
-            r = _pattern_value(rank_pattern, path, rank)
+            r = pattern_value(rank_pattern, path, rank)
             in_features, out_features = shapes[module]
             a = torch.randn(r, in_features, generator=generator) / math.sqrt(in_features)  # [r, in]
             b = torch.randn(out_features, r, generator=generator) * LORA_B_STD  # [out, r]
