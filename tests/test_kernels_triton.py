@@ -90,13 +90,14 @@ def test_lora_shrink_expand_and_fused_epilogue_match_reference() -> None:
     assert _rel(fused, lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float())) < 1e-3
 
 
-def test_lora_segments_of_a_fused_projection() -> None:
-    s, r, k, n, m, segments = 2, 8, 128, 384, 3, (128, 256)
+@pytest.mark.parametrize("r", [8, 24])  # 24: a 16-row rank chunk of the shrink spans two segments
+def test_lora_segments_of_a_fused_projection(r: int) -> None:
+    s, k, n, m, segments = 2, 128, 384, 3, (128, 256)
     gen = torch.Generator().manual_seed(3)
     a_stack = (torch.randn(s, 3 * r, k, generator=gen) * 0.1).to(torch.float16).to(DEVICE)  # [S, 3R, K]
     b_stack = (torch.randn(s, n, r, generator=gen) * 0.1).to(torch.float16).to(DEVICE)  # [S, N, R]
     scales = torch.tensor([0.5, 2.0], device=DEVICE)
-    ranks = torch.tensor([3, 8], dtype=torch.int32, device=DEVICE)
+    ranks = torch.tensor([3, r - 4], dtype=torch.int32, device=DEVICE)
     slot_ids = torch.tensor([1, -1, 0], dtype=torch.int32, device=DEVICE)
     x = torch.randn(m, k, generator=gen).to(torch.float16).to(DEVICE)
     y0 = torch.randn(m, n, generator=gen).to(torch.float16).to(DEVICE)

@@ -42,49 +42,53 @@ def lora_delta_tile(
     n_mask = offs_n < N
     delta = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for r0 in tl.static_range(0, BLOCK_R, R_CHUNK):
-        offs_r = r0 + tl.arange(0, R_CHUNK)  # [RC]
-        r_mask = offs_r[None, :] < rank[:, None]  # [BM, RC]
-        t = tl.zeros((BLOCK_M, R_CHUNK), tl.float32)
-        for i in range(num_t_splits):
-            t_ptrs = t_ptr + (offs_m[:, None] * num_t_splits + i) * (NUM_SEG * R) + seg * R + offs_r[None, :]
-            t += tl.load(t_ptrs, mask=r_mask, other=0.0)
-        b = tl.load(
-            b_ptr + s[:, None, None] * (N * R) + offs_n[None, :, None] * R + offs_r[None, None, :],
-            mask=r_mask[:, None, :] & n_mask[None, :, None],
-            other=0.0,
-        )  # [BM, BN, RC]
-        delta += tl.sum(b.to(tl.float32) * t[:, None, :], axis=2)
+        if r0 < tl.max(rank, axis=0):  # rank chunks past every row's rank read nothing
+            offs_r = r0 + tl.arange(0, R_CHUNK)  # [RC]
+            r_mask = offs_r[None, :] < rank[:, None]  # [BM, RC]
+            t = tl.zeros((BLOCK_M, R_CHUNK), tl.float32)
+            for i in range(num_t_splits):
+                t_ptrs = t_ptr + (offs_m[:, None] * num_t_splits + i) * (NUM_SEG * R) + seg * R + offs_r[None, :]
+                t += tl.load(t_ptrs, mask=r_mask, other=0.0)
+            b = tl.load(
+                b_ptr + s[:, None, None] * (N * R) + offs_n[None, :, None] * R + offs_r[None, None, :],
+                mask=r_mask[:, None, :] & n_mask[None, :, None],
+                other=0.0,
+            )  # [BM, BN, RC]
+            delta += tl.sum(b.to(tl.float32) * t[:, None, :], axis=2)
     return delta * scale[:, None]
 
 
 @triton.jit
 def _lora_shrink_kernel(
     x_ptr, slot_ptr, a_ptr, rank_ptr, t_ptr, K, R_TOTAL, SEG_R, stride_xm, k_per_split,
-    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """One (row, K split, rank chunk of R_CHUNK rows of A) per program: the accumulator is [R_CHUNK, BLOCK_K]
+    whatever the stack's padded rank, and chunks past the adapter's rank in their segment read nothing."""
     m = tl.program_id(0)
     split = tl.program_id(1)
+    r0 = tl.program_id(2) * R_CHUNK
     num_splits = tl.num_programs(1)
     slot = tl.load(slot_ptr + m)
-    active = slot >= 0
-    s = tl.where(active, slot, 0)
-    rank = tl.load(rank_ptr + s)
-    offs_r = tl.arange(0, BLOCK_R)
+    s = tl.maximum(slot, 0)
+    rank = tl.where(slot >= 0, tl.load(rank_ptr + s), 0)
+    offs_r = r0 + tl.arange(0, R_CHUNK)
     r_mask = ((offs_r % SEG_R) < rank) & (offs_r < R_TOTAL)  # rank within each segment
-    acc = tl.zeros((BLOCK_R, BLOCK_K), tl.float32)
     k_begin = split * k_per_split
-    k_end = tl.where(active, tl.minimum(k_begin + k_per_split, K), k_begin)
-    for k0 in range(k_begin, k_end, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < k_end
-        xk = tl.load(x_ptr + m * stride_xm + offs_k, mask=k_mask, other=0.0)  # [BK]
-        a = tl.load(
-            a_ptr + s * (R_TOTAL * K) + offs_r[:, None] * K + offs_k[None, :],
-            mask=r_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        )  # [BR, BK]
-        acc += a.to(tl.float32) * xk.to(tl.float32)[None, :]
-    t = tl.sum(acc, axis=1)  # [BR]
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    acc = tl.zeros((R_CHUNK, BLOCK_K), tl.float32)
+    if tl.max(r_mask.to(tl.int32), axis=0) > 0:
+        for k0 in range(k_begin, k_end, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < k_end
+            xk = tl.load(x_ptr + m * stride_xm + offs_k, mask=k_mask, other=0.0)  # [BK]
+            a = tl.load(
+                a_ptr + s * (R_TOTAL * K) + offs_r[:, None] * K + offs_k[None, :],
+                mask=r_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            )  # [RC, BK]
+            acc += a.to(tl.float32) * xk.to(tl.float32)[None, :]
+    t = tl.sum(acc, axis=1)  # [RC]
     tl.store(t_ptr + (m * num_splits + split) * R_TOTAL + offs_r, t, mask=offs_r < R_TOTAL)
 
 
@@ -129,9 +133,9 @@ def lora_shrink_triton(
     splits = triton.cdiv(k, k_per_split)
     t = torch.empty((m, splits, r_total), dtype=torch.float32, device=x.device)
     if m:
-        _lora_shrink_kernel[(m, splits)](
+        _lora_shrink_kernel[(m, splits, triton.cdiv(r_total, R_CHUNK.value))](
             x, slot_ids, a_stack, ranks, t, k, r_total, r_total // num_segments, x.stride(0), k_per_split,
-            BLOCK_K=SHRINK_BLOCK_K, BLOCK_R=block_r(r_total), num_warps=4,
+            BLOCK_K=SHRINK_BLOCK_K, num_warps=4,
         )  # fmt: skip
     return t
 
