@@ -225,7 +225,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--peft-tokens", type=int, default=30)
-    ap.add_argument("--kernels", choices=["bitsandbytes", "triton"], default="bitsandbytes")
+    ap.add_argument("--kernels", choices=["auto", "bitsandbytes", "triton"], default="auto")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = TINY if args.quick else LLAMA3_8B

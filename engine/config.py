@@ -9,7 +9,7 @@ from typing import Literal
 
 DEVICES = ("auto", "cpu", "cuda")
 QUANTIZATIONS = ("nf4", "none")
-KERNELS = ("bitsandbytes", "triton")
+KERNELS = ("auto", "bitsandbytes", "triton")
 
 
 @dataclass
@@ -24,7 +24,7 @@ class EngineConfig:
     max_cpu_loras: int = 64
     max_queue: int = 256
     cuda_graphs: bool = True
-    kernels: Literal["bitsandbytes", "triton"] = "bitsandbytes"
+    kernels: Literal["auto", "bitsandbytes", "triton"] = "auto"  # NF4 matmul; see engine.quant.linear.TRITON_ROWS
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)

@@ -23,6 +23,7 @@ from engine.loader import load_model
 from engine.lora.registry import AdapterRegistry
 from engine.model_config import LlamaArgs
 from engine.model_runner import ModelRunner
+from engine.quant import TRITON_ROWS
 from engine.sampling import RowSampler, sample
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
@@ -46,7 +47,7 @@ class Engine:
             self.dtype,
             config.quantization,
             config.max_seq_len,
-            config.kernels == "triton" and kernels_available(self.device),
+            TRITON_ROWS[config.kernels] if kernels_available(self.device) else range(0),
         )
         self.args: LlamaArgs = self.model.args
         self.encoder = PromptEncoder(folder, self.args)

@@ -25,7 +25,7 @@ def load_model(
     dtype: torch.dtype,
     quantization: str,
     max_seq_len: int,
-    use_kernels: bool,
+    triton_rows: range,
 ) -> LlamaModel:
     t0 = time.perf_counter()
     with Checkpoint(folder) as ckpt:
@@ -42,7 +42,7 @@ def load_model(
 
         def linear(prefix: str, parts: dict[str, int], in_features: int) -> Projection:
             weight = torch.cat([tensor(f"{prefix}{m}.weight", (n, in_features)) for m, n in parts.items()])
-            return Projection(make_linear(weight, quantization, device, dtype, use_kernels), parts)
+            return Projection(make_linear(weight, quantization, device, dtype, triton_rows), parts)
 
         def norm(name: str) -> RMSNorm:
             return RMSNorm(tensor(name, (args.hidden_size,)).to(device=device, dtype=dtype), args.rms_norm_eps)

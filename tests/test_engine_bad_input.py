@@ -43,6 +43,11 @@ def test_unknown_device_is_refused(checkpoint):
         EngineConfig(model=checkpoint, device="tpu")
 
 
+def test_unknown_kernels_choice_is_refused(checkpoint):
+    with pytest.raises(ValueError, match="kernels: 'cutlass' is not one of auto, bitsandbytes, triton"):
+        EngineConfig(model=checkpoint, kernels="cutlass")
+
+
 def test_too_long_prompt_fails_alone_while_others_keep_running(checkpoint):
     with Engine(EngineConfig(model=checkpoint, quantization="none", max_batch_size=2, max_seq_len=64)) as eng:
         running = eng.submit("Once", SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))

@@ -8,7 +8,11 @@ import torch
 from torch import nn
 
 NF4_BLOCKSIZE = 64
-FAST_PATH_MAX_ROWS = 16
+TRITON_ROWS = {  # rows of x for which the Triton NF4 matmul runs, per EngineConfig.kernels (docs/KERNELS.md)
+    "bitsandbytes": range(0),
+    "triton": range(1, 17),
+    "auto": range(2, 17),  # bitsandbytes' fused gemv is faster for one row; ours reads the weights once for 2..16
+}
 
 
 class BaseLinear(nn.Module):
@@ -35,7 +39,7 @@ class DenseLinear(BaseLinear):
 class NF4Linear(BaseLinear):
     """bitsandbytes NF4 layout: packed uint8 codes (2 per byte), fp32 absmax per 64 weights, no nesting."""
 
-    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype, use_kernels: bool) -> None:
+    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype, triton_rows: range) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         packed, state = bnbf.quantize_4bit(
@@ -47,7 +51,7 @@ class NF4Linear(BaseLinear):
         self.register_buffer("code", state.code, persistent=False)  # [16] fp32
         self.quant_state = state
         self.compute_dtype = compute_dtype
-        self.use_kernels = use_kernels
+        self.triton_rows = triton_rows
 
     def _apply(self, fn, recurse=True):  # keeps the bitsandbytes state on the buffers' device
         super()._apply(fn, recurse)
@@ -61,29 +65,20 @@ class NF4Linear(BaseLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, K] -> [T, N]
-        if self.use_kernels:
-            from engine.kernels import nf4_dequantize, nf4_matmul
+        if x.shape[0] in self.triton_rows:
+            from engine.kernels import nf4_matmul
 
-            if x.shape[0] <= FAST_PATH_MAX_ROWS:
-                return nf4_matmul(
-                    x,
-                    self.qweight,
-                    self.absmax,
-                    self.code,
-                    self.out_features,
-                    self.in_features,
-                    NF4_BLOCKSIZE,
-                )
-            w = nf4_dequantize(self.qweight, self.absmax, self.code, self.out_features, self.in_features)
-            return x @ w.t()
+            return nf4_matmul(
+                x, self.qweight, self.absmax, self.code, self.out_features, self.in_features, NF4_BLOCKSIZE
+            )
         return bnb.matmul_4bit(x, self.qweight.t(), quant_state=self.quant_state)
 
 
 def make_linear(
-    weight: torch.Tensor, quantization: str, device: torch.device, dtype: torch.dtype, use_kernels: bool
+    weight: torch.Tensor, quantization: str, device: torch.device, dtype: torch.dtype, triton_rows: range
 ) -> BaseLinear:
     """Moves one fp weight to the device and quantizes it there; the fp copy is dropped at once."""
     w = weight.to(device=device, dtype=dtype)
     if quantization == "nf4":
-        return NF4Linear(w, compute_dtype=dtype, use_kernels=use_kernels)
+        return NF4Linear(w, compute_dtype=dtype, triton_rows=triton_rows)
     return DenseLinear(w)
