@@ -164,8 +164,10 @@ def bench_peer(folder: Path, device: str, batches: list[int], out_len: int, peft
     return out
 
 
-def gpu_parity(device: str, root: Path) -> dict:
-    """Our logits vs transformers + PEFT on the GPU, NF4 + fp16, one mixed batch."""
+def gpu_parity(device: str, root: Path, kernels: str) -> dict:
+    """Our greedy tokens vs transformers + PEFT on the GPU, NF4 + fp16, one mixed batch of three rows. Where a
+    row's tokens differ, `gap` is how far below the reference's best logit our pick was at the first
+    difference, against the spread of that step's logits: a near-tie gives a gap near 0."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -173,8 +175,9 @@ def gpu_parity(device: str, root: Path) -> dict:
     adapters = {f"p{k}": build_demo_adapter(root / f"p{k}", folder, rank=8 * (k + 1), alpha=16, target_modules=ALL7,
                                             seed=k) for k in range(2)}  # fmt: skip
     prompt = list(range(10, 40))
-    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    with Engine(EngineConfig(model=folder, device=device, quantization="nf4", max_loras=2)) as eng:
+    new = 16
+    greedy = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True)
+    with Engine(EngineConfig(model=folder, device=device, quantization="nf4", max_loras=2, kernels=kernels)) as eng:
         for name, path in adapters.items():
             eng.adapters.load(name, path)
         ours = eng.fan_out(prompt, greedy, adapters=[None, *adapters])
@@ -185,10 +188,18 @@ def gpu_parity(device: str, root: Path) -> dict:
     ref = PeftModel.from_pretrained(base, adapters["p0"], adapter_name="p0")
     ref.load_adapter(adapters["p1"], adapter_name="p1")
     ids = torch.tensor([prompt] * 3, device=device)
-    out = ref.generate(input_ids=ids, max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                       adapter_names=["__base__", "p0", "p1"])  # fmt: skip
-    expected = out[:, len(prompt) :].tolist()
-    return {"rows_equal": [o.token_ids == e for o, e in zip(ours, expected, strict=True)]}
+    out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False, output_logits=True,
+                       return_dict_in_generate=True, adapter_names=["__base__", "p0", "p1"])  # fmt: skip
+    expected = out.sequences[:, len(prompt) :].tolist()
+    rows = []
+    for i, (o, e) in enumerate(zip(ours, expected, strict=True)):
+        first = next((j for j, (a, b) in enumerate(zip(o.token_ids, e, strict=True)) if a != b), None)
+        row = {"equal": first is None, "first_difference": first}
+        if first is not None:
+            logits = out.logits[first][i].float()  # [V], the reference's step where we differ
+            row["gap"] = float((logits.max() - logits[o.token_ids[first]]) / logits.std())
+        rows.append(row)
+    return {"kernels": kernels, "rows": rows}
 
 
 def commit() -> str:
@@ -242,7 +253,7 @@ def main() -> None:
         peer = None if args.no_peer or device != "cuda" else bench_peer(folder, device, batches, out_len,
                                                                          args.peft_tokens, root)  # fmt: skip
         print(json.dumps(peer, indent=1), flush=True)
-        parity = gpu_parity(device, root) if device == "cuda" else None
+        parity = [gpu_parity(device, root, k) for k in ("bitsandbytes", "triton", "auto")] if device == "cuda" else None
     floor_s = ours["step_bytes"] / bandwidth if bandwidth == bandwidth else float("nan")
     report = {
         "date": time.strftime("%Y-%m-%d"),
@@ -261,8 +272,8 @@ def main() -> None:
         f"\n{report['gpu']}, {report['date']}, commit {report['commit']}, copy {report['copy_bandwidth_gb_s']:.0f} GB/s"
     )
     print(table(ours, peer, floor_s))
-    if parity:
-        print("GPU parity (greedy tokens equal to transformers+PEFT, rows base/p0/p1):", parity["rows_equal"])
+    for p in parity or []:
+        print(f"GPU parity, kernels={p['kernels']} (rows base/p0/p1 vs transformers+PEFT):", p["rows"])
 
 
 if __name__ == "__main__":
