@@ -65,7 +65,7 @@ def test_matmul_matches_fp32_reference(cfg: Nf4Config, m: int) -> None:
     got = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg)
     assert _rel(got, x.float() @ reference.float().t()) < 1e-3  # fp16 output rounding is ~3e-4
     if cfg.split_k > 1:
-        assert int(_tickets[DEVICE].abs().sum()) == 0, "split-K tickets must be reset for the next call"
+        assert int(_tickets[x.device].abs().sum()) == 0, "split-K tickets must be reset for the next call"
 
 
 def test_lora_shrink_expand_and_fused_epilogue_match_reference() -> None:
