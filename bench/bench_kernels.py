@@ -50,7 +50,9 @@ LORA_BATCHES = (1, 4, 8)
 LORA_SETUPS = {"rank8-qkv": (8, ("qkv",)), "rank16-all7": (16, ("qkv", "o", "gate_up", "down"))}
 NUM_SLOTS = 8
 ROTATE_BYTES = 160 * 2**20  # > 3x the H100's 50 MB L2
-DOT_TILES = [(bn, bk, 4, 1) for bn in (32, 64, 128) for bk in (128, 256)]  # (block_n, block_k, warps, stages)
+DOT_TILES = [(bn, bk, 4, 1, False) for bn in (16, 32, 64) for bk in (128, 256)] + [
+    (bn, bk, w, s, True) for bn in (64, 128) for bk in (64, 128, 256) for w in (4, 8) for s in (1, 2)
+]  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
 FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
 LOOKUPS = (3,)  # the byte-pair table; --check covers lookups 0 and 1 too
 SPLITS = (1, 2, 4, 8)
@@ -285,19 +287,19 @@ def check_graph_replay() -> list[dict]:
 
 def sweep_configs(m: int, n: int, k: int) -> list[Nf4Config]:
     configs = []
-    tiles = [(16, *t, True) for t in DOT_TILES]
+    tiles = [(16, bn, bk, w, s, True, swap) for bn, bk, w, s, swap in DOT_TILES]
     if m == 1:
-        tiles += [(1, *t, False) for t in FMA_TILES]
-    for block_m, block_n, block_k, warps, stages, use_dot in tiles:
+        tiles += [(1, *t, False, False) for t in FMA_TILES]
+    for block_m, block_n, block_k, warps, stages, use_dot, swap in tiles:
         for lookup in LOOKUPS:
             for split in SPLITS:
                 if k % (split * block_k) == 0 and n % block_n == 0 and (n // block_n) * split <= 8192:
-                    configs.append(Nf4Config(block_m, block_n, block_k, split, use_dot, warps, stages, lookup))
+                    configs.append(Nf4Config(block_m, block_n, block_k, split, use_dot, warps, stages, lookup, swap))
     return configs
 
 
-def sweep_points() -> list[tuple[str, int, Nf4Config]]:
-    return [(name, m, cfg) for name, (n, k) in SHAPES.items() for m in SWEEP_M for cfg in sweep_configs(m, n, k)]
+def sweep_points(sweep_m: tuple[int, ...]) -> list[tuple[str, int, Nf4Config]]:
+    return [(name, m, cfg) for name, (n, k) in SHAPES.items() for m in sweep_m for cfg in sweep_configs(m, n, k)]
 
 
 def compile_key(point: tuple[str, int, Nf4Config]) -> Nf4Config:
@@ -342,13 +344,13 @@ def per_call_ms(fn_for_weight, copies: list[Nf4Weight]) -> float:
     return time_graph(lambda: [fn_for_weight(w) for w in copies]) / len(copies)
 
 
-def run_sweep(bandwidth: float) -> tuple[dict, list[dict]]:
+def run_sweep(bandwidth: float, sweep_m: tuple[int, ...]) -> tuple[dict, list[dict]]:
     code = nf4_code()
     rows, best = [], {}
     for name, (n, k) in SHAPES.items():
         copies = rotating_copies(n, k, code)
         dense = nf4_dequantize_reference(copies[0].qweight, copies[0].absmax, code, n, k).float()  # [N, K]
-        for m in SWEEP_M:
+        for m in sweep_m:
             x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
             expected = x.float() @ dense.t()
             for cfg in sweep_configs(m, n, k):
@@ -506,6 +508,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--bench", action="store_true")
+    parser.add_argument("--sweep-m", type=int, nargs="+", default=SWEEP_M, help="batch sizes the sweep times")
     parser.add_argument("--workers", type=int, default=14, help="processes compiling the sweep's kernels")
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
     args = parser.parse_args()
@@ -522,7 +525,7 @@ def main() -> int:
     compile_job = None
     if args.sweep:
         pool = concurrent.futures.ThreadPoolExecutor(1)
-        compile_job = pool.submit(precompile, sweep_points(), args.workers)
+        compile_job = pool.submit(precompile, sweep_points(tuple(args.sweep_m)), args.workers)
     try:
         if args.check:
             result["checks"] = run_checks()
@@ -531,7 +534,7 @@ def main() -> int:
         result["bandwidth"] = copy_bandwidth()
         print(f"copy bandwidth {result['bandwidth'] / 1e12:.2f} TB/s ({time.time() - started:.0f} s)", flush=True)
         if args.sweep:
-            tuned, result["sweep"] = run_sweep(result["bandwidth"])
+            tuned, result["sweep"] = run_sweep(result["bandwidth"], tuple(args.sweep_m))
             nf4_configs.TUNED.update(tuned)
             result["tuned"] = {f"{n},{k},{m}": asdict(c) for (n, k, m), c in tuned.items()}
             print("TUNED = {")

@@ -22,6 +22,7 @@ class Nf4Config:
     num_warps: int = 4
     num_stages: int = 3
     lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX pair per byte
+    swap_ab: bool = False  # tensor cores: y^T = W x^T, the dequantized weight tile as the first operand
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "num_warps"):
@@ -34,6 +35,8 @@ class Nf4Config:
             raise ValueError(f"split_k and num_stages: must be >= 1, got {self.split_k}, {self.num_stages}")
         if self.use_dot and (self.block_m < 16 or self.block_n < 16 or self.block_k < 64):
             raise ValueError("use_dot: tensor cores need block_m >= 16, block_n >= 16 and block_k >= 64")
+        if self.swap_ab and not self.use_dot:
+            raise ValueError("swap_ab: only the tensor-core path (use_dot) swaps its operands")
         if not self.use_dot and self.block_m != 1:
             raise ValueError(f"use_dot: the FMA path computes one row per program (block_m 1), got {self.block_m}")
 

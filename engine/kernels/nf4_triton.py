@@ -78,7 +78,7 @@ def _nf4_matmul_kernel(
     M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, lora_splits, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr,
+    NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -93,14 +93,16 @@ def _nf4_matmul_kernel(
     g_begin = pid_k * (k_per_split // GROUP)
     g_end = g_begin + k_per_split // GROUP
     if USE_DOT:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP_AB else (BLOCK_M, BLOCK_N), tl.float32)
         for g0 in range(g_begin, g_end, G):
             even, odd, scale = _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G, HALF, LOOKUP)
             x_ptrs = x_ptr + offs_m[:, None] * stride_xm + g0 * GROUP + offs_k[None, :]
             xt = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BLOCK_K]
             w = tl.join((even * scale).to(tl.float16), (odd * scale).to(tl.float16))  # [BN, G, HALF, 2]
-            acc = tl.dot(xt, tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K))), acc)
-        out = acc
+            w = tl.reshape(w, (BLOCK_N, BLOCK_K))
+            # swapped, the weight tile stays the first operand: [BN, BK] @ [BK, BM]
+            acc = tl.dot(w, tl.trans(xt), acc) if SWAP_AB else tl.dot(xt, tl.trans(w), acc)
+        out = tl.trans(acc) if SWAP_AB else acc
     else:  # one row (BLOCK_M == 1), FMAs in the weights' own layout: no layout conversion of the tile
         acc = tl.zeros((BLOCK_N, G, 1), tl.float32)
         offs_j = tl.arange(0, HALF)
@@ -230,7 +232,7 @@ def nf4_matmul_triton(
         m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, lora_r, lora_splits, seg1, seg2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
         IS_SPLIT=is_split, USE_DOT=cfg.use_dot, HAS_LORA=lora is not None,
-        BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1, LOOKUP=lookup,
+        BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1, LOOKUP=lookup, SWAP_AB=cfg.swap_ab,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y
