@@ -52,21 +52,23 @@ def _fma(block_n: int, block_k: int, split_k: int, num_warps: int) -> Nf4Config:
     return Nf4Config(1, block_n, block_k, split_k, use_dot=False, num_warps=num_warps, num_stages=2, lookup=3)
 
 
-def _dot(split_k: int) -> Nf4Config:
-    return Nf4Config(16, 32, 128, split_k, use_dot=True, num_warps=4, num_stages=1, lookup=3)
+def _dot(split_k: int, block_k: int = 64, num_stages: int = 1) -> Nf4Config:
+    return Nf4Config(16, 64, block_k, split_k, use_dot=True, num_warps=4, num_stages=num_stages, lookup=3,
+                     swap_ab=True)  # fmt: skip
 
 
-# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` on an H100 (docs/KERNELS.md,
-# run 2); m_bucket 2 takes the M=4 winner. Llama-3-8B: fused qkv, o, fused gate_up, down.
+# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` on an H100 (docs/KERNELS.md):
+# M = 1 from run 2; M = 2..16 share the M = 8 winners of run 3 (the swapped tensor-core tile pads every
+# batch to 16 columns, so its time does not depend on M). Llama-3-8B: fused qkv, o, fused gate_up, down.
 TUNED: dict[tuple[int, int, int], Nf4Config] = {
     (6144, 4096, 1): _fma(16, 512, 1, 4),
     (4096, 4096, 1): _fma(32, 256, 4, 2),
     (28672, 4096, 1): _fma(32, 256, 1, 2),
     (4096, 14336, 1): _fma(32, 512, 4, 2),
-    **{(6144, 4096, m): _dot(4) for m in (2, 4, 8, 16)},
-    **{(4096, 4096, m): _dot(8 if m == 16 else 4) for m in (2, 4, 8, 16)},
-    **{(28672, 4096, m): _dot(4 if m == 8 else 1) for m in (2, 4, 8, 16)},
-    **{(4096, 14336, m): _dot(4) for m in (2, 4, 8, 16)},
+    **{(6144, 4096, m): _dot(8) for m in (2, 4, 8, 16)},
+    **{(4096, 4096, m): _dot(8, block_k=128, num_stages=2) for m in (2, 4, 8, 16)},
+    **{(28672, 4096, m): _dot(2) for m in (2, 4, 8, 16)},
+    **{(4096, 14336, m): _dot(8) for m in (2, 4, 8, 16)},
 }
 
 
