@@ -28,7 +28,7 @@ class DecodeGraph:
     graph: torch.cuda.CUDAGraph
     tokens: torch.Tensor  # [n]
     positions: torch.Tensor  # [n]
-    lora_slots: torch.Tensor  # [n]
+    lora_slots: torch.Tensor  # [n] int32
     logits: torch.Tensor  # [n, V]
 
 
@@ -83,7 +83,7 @@ class ModelRunner:
             return g.logits[:n]
         t = torch.tensor(tokens, device=self.device)
         p = torch.tensor(positions, device=self.device)
-        s = torch.tensor(lora_slots, device=self.device)
+        s = torch.tensor(lora_slots, dtype=torch.int32, device=self.device)
         return self._decode_forward(t, p, s if use_lora else None, kv_len)
 
     def _decode_forward(
@@ -106,7 +106,10 @@ class ModelRunner:
             stale = [k for k in self._graphs if k[2] and k[3] != key[3]]
             for k in stale:
                 del self._graphs[k]
-        tokens, positions, lora_slots = (torch.tensor(v, dtype=torch.long, device=self.device) for v in inputs)
+        tokens, positions, lora_slots = (
+            torch.tensor(v, dtype=dtype, device=self.device)
+            for v, dtype in zip(inputs, (torch.long, torch.long, torch.int32), strict=True)
+        )
         slots = lora_slots if use_lora else None
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

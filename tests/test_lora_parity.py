@@ -58,7 +58,7 @@ def test_mixed_batch_logits_match_peft_per_row(setup, quantization):
             out = model(ids[row, :11], ForwardMeta(torch.arange(11), prefill_slot=row), cache, last_only=False)
             assert ((out - expected[row, :11]).norm() / expected[row, :11].norm()) < TOLERANCE
         # then one decode step for all rows together, each with its own adapter (per-token routing)
-        set_routing(LoraRouting(token_slots=torch.tensor(slots)))
+        set_routing(LoraRouting(token_slots=torch.tensor(slots, dtype=torch.int32)))
         positions = torch.full((len(names),), 11)
         mask = (torch.arange(64)[None] <= positions[:, None])[:, None, None, :]
         step = model(ids[:, 11], ForwardMeta(positions, decode_mask=mask), cache, last_only=False)

@@ -11,7 +11,7 @@ import torch
 class LoraRouting:
     """Which adapter slot each token uses. Exactly one of the two fields is set."""
 
-    token_slots: torch.Tensor | None = None  # [T] int64, -1 = no adapter (decode: one token per row)
+    token_slots: torch.Tensor | None = None  # [T] int32, -1 = no adapter (decode: one token per row)
     uniform_slot: int | None = None  # every token of the forward uses this slot (one request's prefill)
 
 

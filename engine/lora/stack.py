@@ -73,8 +73,7 @@ class LoraStack:
             return
         assert routing.token_slots is not None
         if self.use_kernels:
-            slots = routing.token_slots.to(torch.int32)  # [T]
-            lora_shrink_expand(x, slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
+            lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
             return
         self._add_gathered(x, y, routing.token_slots)
 
