@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from time import perf_counter
@@ -17,6 +18,7 @@ from engine.errors import InvalidRequestError, RenderCancelledError
 from engine.sdxl.decode import decode_latents
 from engine.sdxl.errors import RenderOutOfMemoryError
 from engine.sdxl.footprint import estimate_footprint
+from engine.sdxl.graphed_unet import GraphedUNet
 from engine.sdxl.loading import load_pipeline
 from engine.sdxl.params import RenderParams, RenderProgress
 from engine.sdxl.placement import apply_placement, release_memory
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 NO_LLM = ModelFootprint(weights_bytes=0, kv_cache_bytes=0, lora_slots_bytes=0, workspace_bytes=0)
 PREVIEW_EVERY = 5
+STILL_WEIGHTS = ("gpu", "cpu")  # placements without offload hooks: the UNet's weights stay put while drawing
 
 
 def resolve_device(device: str) -> str:
@@ -53,7 +56,12 @@ def _upcast_unsafe_vae(pipe: StableDiffusionXLPipeline) -> None:
 
 
 class SDXLRenderer:
-    """Draws SDXL images on the engine thread. Not thread-safe: one render at a time."""
+    """Draws SDXL images on the engine thread. Not thread-safe: one render at a time.
+
+    `use_cuda_graphs` (default True): in the "all resident" plan on CUDA the UNet step replays CUDA graphs
+    (engine/sdxl/graphed_unet.py), captured on the first step of each image size and kept until the plan
+    changes, an out-of-memory fallback, or `release_graphs()`. Turning it off keeps graphs already captured.
+    """
 
     def __init__(
         self, pipe: StableDiffusionXLPipeline, *, model_id: str, device: str, preview_every: int = PREVIEW_EVERY
@@ -65,6 +73,8 @@ class SDXLRenderer:
         self.preview_every = preview_every
         self._scheduler_config = dict(pipe.scheduler.config)
         self._plan = plan_vram(None, NO_LLM, self.footprint())  # "cpu only" until apply_plan
+        self.use_cuda_graphs = True
+        self._graphed = GraphedUNet(pipe.unet)
         pipe.set_progress_bar_config(disable=True)
 
     @classmethod
@@ -110,17 +120,31 @@ class SDXLRenderer:
     def pipeline(self) -> StableDiffusionXLPipeline:
         return self._pipe
 
+    @property
+    def graphed_unet(self) -> GraphedUNet:
+        """The UNet's graph cache and its counters (captures, replays, plain calls by reason)."""
+        return self._graphed
+
+    def release_graphs(self) -> None:
+        """Drop the UNet's CUDA graphs and their memory (call before unloading); the next render captures again."""
+        self._graphed.release()
+
+    def _release_memory(self) -> None:
+        self._graphed.release()
+        release_memory(self._pipe)
+
     def apply_plan(self, plan: VramPlan) -> None:
         """Place SDXL as `plan` says; out of memory while placing drops to the next lower placement.
 
         On a CPU device every plan becomes "cpu only"."""
         if self.device == "cpu" and plan.sdxl_placement != "cpu":
             plan = plan_vram(None, NO_LLM, self.footprint(), override=plan.name)
+        self._graphed.release()  # graphs point at where the weights are now
         try:
             self._place(plan.sdxl_placement)
         except torch.OutOfMemoryError:
             lower = plan.lower_placement()
-            release_memory(self._pipe)
+            self._release_memory()
             if lower is None:
                 raise
             logger.warning("out of GPU memory placing SDXL for plan '%s'; trying '%s'", plan.name, lower.name)
@@ -165,13 +189,13 @@ class SDXLRenderer:
         try:
             return self._render(params, *callbacks, notes=[note])
         except torch.OutOfMemoryError as exc:
-            release_memory(self._pipe)
+            self._release_memory()
             raise RenderOutOfMemoryError(
                 f"out of GPU memory again with plan '{self._plan.name}' after dropping a level: {exc}"
             ) from exc
 
     def _drop_plan(self, exc: torch.OutOfMemoryError) -> str:
-        release_memory(self._pipe)
+        self._release_memory()
         lower = self._plan.lower_placement()
         if lower is None:
             raise RenderOutOfMemoryError(f"out of GPU memory with plan '{self._plan.name}': {exc}") from exc
@@ -221,20 +245,24 @@ class SDXLRenderer:
                 cancelled_at.append(step)
             return tensors
 
+        # The wrapper replays graphs for CUDA inputs only; on the CPU it is the plain forward.
+        use_graphs = self.use_cuda_graphs and self._plan.sdxl_placement in STILL_WEIGHTS
+        graphs = self._graphed.installed() if use_graphs else nullcontext()
         start = perf_counter()
         try:
-            latents = pipe(
-                prompt=params.prompt,
-                negative_prompt=params.negative_prompt or None,
-                width=params.width,
-                height=params.height,
-                num_inference_steps=params.steps,
-                guidance_scale=params.guidance,
-                generator=torch.Generator("cpu").manual_seed(params.seed),
-                output_type="latent",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).images  # [1, 4, H/8, W/8]
+            with graphs:
+                latents = pipe(
+                    prompt=params.prompt,
+                    negative_prompt=params.negative_prompt or None,
+                    width=params.width,
+                    height=params.height,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance,
+                    generator=torch.Generator("cpu").manual_seed(params.seed),
+                    output_type="latent",
+                    callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                ).images  # [1, 4, H/8, W/8]
             if cancelled_at:
                 raise RenderCancelledError(f"render cancelled after step {cancelled_at[0]} of {params.steps}")
             denoised = perf_counter()
