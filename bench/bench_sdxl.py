@@ -6,8 +6,10 @@ Uses SDXL-shaped random weights built from the shipped assets/sdxl configs (fp16
     python bench/bench_sdxl.py --quick --tiny --out /tmp/bench.json  # smoke run (512x512, 2 steps), CPU ok
 
 Sections (each row records its own error and the run goes on; JSON is rewritten after every section):
-1. speed: the same pipeline called through SDXLRenderer and through plain StableDiffusionXLPipeline.__call__,
-   interleaved, "all resident": total time, denoising it/s, peak VRAM, and the pixel difference.
+1. speed: the same pipeline called three ways in turn, "all resident": SDXLRenderer with the UNet step replayed
+   from CUDA graphs, SDXLRenderer eager (`use_cuda_graphs=False`), and plain StableDiffusionXLPipeline.__call__:
+   total time, denoising it/s, peak VRAM, the pixel differences, and the graph counters (captures, replays,
+   plain calls by reason). The warm-up renders capture the graph; timed renders replay it.
 2. plans: every plan applied in turn: measured peak VRAM against the planner's estimate.
 3. capped: `torch.cuda.set_per_process_memory_fraction` simulates 8/12/16 GB cards, with a ballast tensor of
    --llm-gb beside SDXL standing in for the 4-bit Llama-3-8B. Every GPU plan is tried; the planner's pick must
@@ -26,6 +28,7 @@ import platform
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from statistics import median
@@ -244,20 +247,44 @@ class Bench:
     def speed(self, pipe: StableDiffusionXLPipeline, renderer: SDXLRenderer, params: RenderParams) -> None:
         device = self.args.device
         scheduler_cfg = dict(pipe.scheduler.config)
-        warm = replace(params, steps=min(2, params.steps))
-        set_vae_for_diffusers(pipe, True, device)
-        render_diffusers(pipe, warm, device, scheduler_cfg)
-        set_vae_for_diffusers(pipe, False, device)
-        render_ours(renderer, warm, device)
-        ours, plain = [], []
-        for _ in range(self.args.repeats):
+
+        def ours(graphs: bool) -> Callable[[RenderParams], dict]:
+            def turn(p: RenderParams) -> dict:
+                set_vae_for_diffusers(pipe, False, device)
+                renderer.use_cuda_graphs = graphs
+                return render_ours(renderer, p, device)
+
+            return turn
+
+        def plain(p: RenderParams) -> dict:
             set_vae_for_diffusers(pipe, True, device)
-            plain.append(render_diffusers(pipe, params, device, scheduler_cfg))
-            set_vae_for_diffusers(pipe, False, device)
-            ours.append(render_ours(renderer, params, device))
-        speed = {"storyloom": summarize(ours), "diffusers": summarize(plain)}
-        speed["ours_vs_diffusers_time"] = round(speed["storyloom"]["total_s"] / speed["diffusers"]["total_s"], 4)
-        speed["pixel_diff"] = pixel_diff(ours[0]["image"], plain[0]["image"])
+            return render_diffusers(pipe, p, device, scheduler_cfg)
+
+        turns = {"storyloom_graphed": ours(True), "storyloom_eager": ours(False), "diffusers": plain}
+        warm = replace(params, steps=min(2, params.steps))
+        warmup_s = {name: round(turn(warm)["total_s"], 4) for name, turn in turns.items()}
+        runs: dict[str, list[dict]] = {name: [] for name in turns}
+        for _ in range(self.args.repeats):
+            for name, turn in turns.items():
+                runs[name].append(turn(params))
+        renderer.use_cuda_graphs = True
+        speed: dict = {name: summarize(r) for name, r in runs.items()}
+        graphed, eager, diffusers_ = (speed[name]["total_s"] for name in turns)
+        speed["warmup_s"] = warmup_s  # the graphed warm-up includes the capture
+        speed["ours_vs_diffusers_time"] = round(graphed / diffusers_, 4)
+        speed["graphed_vs_eager_time"] = round(graphed / eager, 4)
+        speed["eager_vs_diffusers_time"] = round(eager / diffusers_, 4)
+        first = {name: r[0]["image"] for name, r in runs.items()}
+        speed["pixel_diff"] = pixel_diff(first["storyloom_graphed"], first["diffusers"])
+        speed["pixel_diff_graphed_vs_eager"] = pixel_diff(first["storyloom_graphed"], first["storyloom_eager"])
+        speed["pixel_diff_eager_vs_diffusers"] = pixel_diff(first["storyloom_eager"], first["diffusers"])
+        g = renderer.graphed_unet
+        speed["cuda_graphs"] = {
+            "captures": g.num_captures,
+            "graphs": g.num_graphs,
+            "replays": g.num_replays,
+            "plain_calls": dict(g.eager_calls),
+        }
         self.results["speed"] = speed
 
     def plan_row(self, renderer: SDXLRenderer, plan, params: RenderParams) -> dict:
@@ -363,10 +390,15 @@ def print_tables(results: dict) -> None:
     speed = results.get("speed")
     if speed:
         lines += ["| renderer | total s | denoise it/s | peak VRAM GB |", "|---|---|---|---|"]
-        for name in ("storyloom", "diffusers"):
+        for name in ("storyloom_graphed", "storyloom_eager", "diffusers"):
             s = speed[name]
             lines.append(f"| {name} | {s.get('total_s')} | {s.get('it_per_s')} | {s.get('peak_vram_gb', '-')} |")
-        lines += [f"\nours / diffusers time: {speed['ours_vs_diffusers_time']}; pixel diff: {speed['pixel_diff']}", ""]
+        lines += [
+            f"\ngraphed / diffusers time: {speed['ours_vs_diffusers_time']}; graphed / eager time: "
+            f"{speed['graphed_vs_eager_time']}; pixel diff graphed vs diffusers: {speed['pixel_diff']}, "
+            f"graphed vs eager: {speed['pixel_diff_graphed_vs_eager']}; CUDA graphs: {speed['cuda_graphs']}",
+            "",
+        ]
     rows = results.get("plans", []) + ([results["cpu_only"]] if "plan" in results.get("cpu_only", {}) else [])
     if rows:
         lines += ["| plan | status | est. peak GB | peak VRAM GB | total s | s/step |", "|---|---|---|---|---|---|"]
