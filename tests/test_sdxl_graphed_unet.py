@@ -274,7 +274,7 @@ def test_renderer_draws_the_same_image_with_graphs_on_and_off_on_the_cpu(folder)
 @pytest.fixture
 def resident_renderer(folder, monkeypatch, cpu_graphs):
     """A CPU renderer that believes it holds the "all resident" plan on CUDA, with stand-in graphs."""
-    r = SDXLRenderer.load(folder)
+    r = SDXLRenderer.load(folder, device="cpu")
     placements = []
     monkeypatch.setattr(
         "engine.sdxl.renderer.apply_placement", lambda pipe, placement, device: placements.append(placement)
