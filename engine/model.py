@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels.decode_attention import decode_attention
+from engine.kernels.fused_ops import add_rms_norm, rms_norm, rope_kv_write, silu_mul
 from engine.kv_cache import KVCache
 from engine.lora.projection import Projection
 from engine.model_config import LlamaArgs
@@ -16,12 +18,14 @@ from engine.rope import RotaryEmbedding
 
 @dataclass
 class ForwardMeta:
-    """What one forward pass needs besides the tokens. Prefill: one request; decode: rows 0..n-1 = slots."""
+    """What one forward pass needs besides the tokens. Prefill: one request; decode: rows 0..n-1 = slots,
+    row i attends to its cache positions 0..positions[i], all below kv_len (the CUDA graph's KV bucket)."""
 
     positions: torch.Tensor  # [T] int64
     prefill_slot: int | None = None
-    decode_mask: torch.Tensor | None = None  # [n, 1, 1, kv_len] bool, True = attend
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin: [T, 1, Dh], set by LlamaModel.forward
+    kv_len: int = 0
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # prefill: cos, sin [T, 1, Dh]; decode: tables [P, Dh]
+    lengths: torch.Tensor | None = None  # decode: [n] int32 = positions + 1, set by LlamaModel.forward
 
     @property
     def is_prefill(self) -> bool:
@@ -36,9 +40,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, D]; statistics in fp32 like the reference
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, h: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # h, delta: [T, D] -> (h + delta, norm(h + delta)) in one pass; delta None: (h, norm(h))
+        if delta is None:
+            return h, self(h)
+        return add_rms_norm(h, delta, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -51,12 +59,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, meta: ForwardMeta, k_cache: torch.Tensor, v_cache: torch.Tensor):
         # x: [T, D]; k_cache/v_cache: [S, Hkv, P, Dh]
         t = x.shape[0]
-        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv(x)  # [T, (H + 2 Hkv) Dh]
         cos, sin = meta.rope
-        q = RotaryEmbedding.apply(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, Dh]
-        k = RotaryEmbedding.apply(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, Dh]
-        v = v.view(t, self.num_kv_heads, self.head_dim)
         if meta.is_prefill:
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = RotaryEmbedding.apply(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, Dh]
+            k = RotaryEmbedding.apply(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, Dh]
+            v = v.view(t, self.num_kv_heads, self.head_dim)
             s = meta.prefill_slot
             k_cache[s, :, :t] = k.transpose(0, 1)
             v_cache[s, :, :t] = v.transpose(0, 1)
@@ -68,18 +77,9 @@ class Attention(nn.Module):
                 enable_gqa=True,
             )[0].transpose(0, 1)  # [T, H, Dh]
         else:
-            mask = meta.decode_mask  # [n, 1, 1, L]
-            rows = torch.arange(t, device=x.device)
-            k_cache[rows, :, meta.positions] = k
-            v_cache[rows, :, meta.positions] = v
-            kv_len = mask.shape[-1]
-            out = F.scaled_dot_product_attention(
-                q.unsqueeze(2),  # [n, H, 1, Dh]
-                k_cache[:t, :, :kv_len],  # [n, Hkv, L, Dh]
-                v_cache[:t, :, :kv_len],
-                attn_mask=mask,
-                enable_gqa=True,
-            ).squeeze(2)  # [n, H, Dh]
+            q = rope_kv_write(qkv, meta.positions, cos, sin, k_cache, v_cache, self.num_heads, self.num_kv_heads,
+                              self.head_dim)  # fmt: skip
+            out = decode_attention(q, k_cache, v_cache, meta.lengths, meta.kv_len)  # [n, H, Dh]
         return self.o(out.reshape(t, self.q_size))
 
 
@@ -90,8 +90,7 @@ class MLP(nn.Module):
         self.intermediate_size = intermediate_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).split(self.intermediate_size, dim=-1)  # [T, I] each
-        return self.down(F.silu(gate) * up)
+        return self.down(silu_mul(self.gate_up(x), self.intermediate_size))  # gate_up: [T, 2I]
 
 
 class DecoderLayer(nn.Module):
@@ -99,9 +98,14 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.attn_norm, self.attn, self.mlp_norm, self.mlp = attn_norm, attn, mlp_norm, mlp
 
-    def forward(self, h: torch.Tensor, meta: ForwardMeta, k_cache: torch.Tensor, v_cache: torch.Tensor):
-        h = h + self.attn(self.attn_norm(h), meta, k_cache, v_cache)
-        return h + self.mlp(self.mlp_norm(h))
+    def forward(
+        self, h: torch.Tensor, delta: torch.Tensor | None, meta: ForwardMeta, k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        # h: residual stream [T, D] still missing `delta` (the previous layer's MLP output); -> (h, this MLP's output)
+        h, x = self.attn_norm.add_forward(h, delta)
+        h, x = self.mlp_norm.add_forward(h, self.attn(x, meta, k_cache, v_cache))
+        return h, self.mlp(x)
 
 
 class LlamaModel(nn.Module):
@@ -133,10 +137,14 @@ class LlamaModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, meta: ForwardMeta, cache: KVCache, last_only: bool) -> torch.Tensor:
         # tokens: [T] -> logits [T or 1, V] in fp32
-        h = self.embed[tokens]  # [T, D]
-        meta.rope = self.rope.lookup(meta.positions)
+        h, delta = self.embed[tokens], None  # [T, D]
+        if meta.is_prefill:
+            meta.rope = self.rope.lookup(meta.positions)
+        else:
+            meta.rope = self.rope.cos, self.rope.sin
+            meta.lengths = (meta.positions + 1).to(torch.int32)
         for layer, k_cache, v_cache in zip(self.layers, cache.k, cache.v, strict=True):
-            h = layer(h, meta, k_cache, v_cache)
+            h, delta = layer(h, delta, meta, k_cache, v_cache)
         if last_only:
-            h = h[-1:]
-        return (self.norm(h) @ self.lm_head.t()).float()
+            h, delta = h[-1:], delta[-1:]
+        return (self.norm.add_forward(h, delta)[1] @ self.lm_head.t()).float()

@@ -89,10 +89,9 @@ class ModelRunner:
     def _decode_forward(
         self, tokens: torch.Tensor, positions: torch.Tensor, lora_slots: torch.Tensor | None, kv_len: int
     ) -> torch.Tensor:
-        mask = (torch.arange(kv_len, device=self.device)[None] <= positions[:, None])[:, None, None, :]
         set_routing(LoraRouting(token_slots=lora_slots) if lora_slots is not None else None)
         try:
-            return self.model(tokens, ForwardMeta(positions=positions, decode_mask=mask), self.cache, last_only=False)
+            return self.model(tokens, ForwardMeta(positions=positions, kv_len=kv_len), self.cache, last_only=False)
         finally:
             set_routing(None)
 

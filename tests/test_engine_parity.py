@@ -42,8 +42,7 @@ def test_prefill_and_decode_logits_match_transformers(checkpoint, quantization):
         assert _rel(ours, expected[:49]) < TOLERANCE[quantization]
         # one decode step for slot 2 beside two idle rows
         positions = torch.tensor([0, 0, 49])
-        mask = (torch.arange(64)[None] <= positions[:, None])[:, None, None, :]
-        step = model(torch.tensor([0, 0, int(ids[49])]), ForwardMeta(positions, decode_mask=mask), cache, False)
+        step = model(torch.tensor([0, 0, int(ids[49])]), ForwardMeta(positions, kv_len=64), cache, False)
     assert _rel(step[2], expected[49]) < TOLERANCE[quantization]
 
 

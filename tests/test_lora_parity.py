@@ -60,8 +60,7 @@ def test_mixed_batch_logits_match_peft_per_row(setup, quantization):
         # then one decode step for all rows together, each with its own adapter (per-token routing)
         set_routing(LoraRouting(token_slots=torch.tensor(slots, dtype=torch.int32)))
         positions = torch.full((len(names),), 11)
-        mask = (torch.arange(64)[None] <= positions[:, None])[:, None, None, :]
-        step = model(ids[:, 11], ForwardMeta(positions, decode_mask=mask), cache, last_only=False)
+        step = model(ids[:, 11], ForwardMeta(positions, kv_len=64), cache, last_only=False)
         set_routing(None)
     rel = (step - expected[:, 11]).norm(dim=-1) / expected[:, 11].norm(dim=-1)
     assert (rel < TOLERANCE).all(), rel
