@@ -20,6 +20,8 @@ import triton.language as tl
 from engine.kernels.nf4_triton import num_sms
 
 BLOCK_N = 64  # cache positions per tile; also the fewest positions a split gets
+PROGRAMS_PER_SM = 1  # split programs the default plan aims at per SM
+NUM_WARPS, NUM_STAGES = 4, 3
 LOG2E = 1.4426950408889634
 
 
@@ -104,7 +106,7 @@ def split_plan(
     positions per split, each split a whole number of BLOCK_N tiles."""
     num_blocks = triton.cdiv(kv_len, BLOCK_N)
     if max_splits is None:
-        max_splits = triton.cdiv(num_sms(device), n * num_kv_heads)
+        max_splits = triton.cdiv(PROGRAMS_PER_SM * num_sms(device), n * num_kv_heads)
     blocks_per_split = triton.cdiv(num_blocks, max(1, min(max_splits, num_blocks)))
     return triton.cdiv(num_blocks, blocks_per_split), blocks_per_split
 
@@ -137,7 +139,8 @@ def decode_attention_triton(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, NUM_SPLITS=splits, BLOCKS_PER_SPLIT=blocks_per_split,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d, BLOCK_N=BLOCK_N,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES,
     )  # fmt: skip
     if splits > 1:
         _combine_kernel[(n * num_heads,)](
