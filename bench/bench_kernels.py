@@ -50,11 +50,14 @@ LORA_BATCHES = (1, 4, 8)
 LORA_SETUPS = {"rank8-qkv": (8, ("qkv",)), "rank16-all7": (16, ("qkv", "o", "gate_up", "down"))}
 NUM_SLOTS = 8
 ROTATE_BYTES = 160 * 2**20  # > 3x the H100's 50 MB L2
-DOT_TILES = [(bn, bk, 4, 1, False) for bn in (16, 32, 64) for bk in (128, 256)] + [
-    (bn, bk, w, s, True) for bn in (64, 128) for bk in (64, 128, 256) for w in (4, 8) for s in (1, 2)
-]  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
+DOT_TILES = (
+    [(bn, bk, 4, 1, False) for bn in (16, 32, 64) for bk in (128, 256)]
+    + [(bn, bk, w, s, True) for bn in (64, 128) for bk in (64, 128, 256) for w in (4, 8) for s in (1, 2)]
+    + [(bn, 64, w, 3, True) for bn in (64, 128) for w in (4, 8)]
+    + [(bn, 64, w, s, True) for bn in (16, 32) for w in (2, 4) for s in (1, 2, 3)]
+)  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
 FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
-LOOKUPS = (3,)  # the byte-pair table; --check covers lookups 0 and 1 too
+LOOKUPS = (3, 4)  # byte-pair table, register table (swapped, BLOCK_K 64); --check covers lookups 0 and 1 too
 SPLITS = (1, 2, 4, 8)
 DEVICE = torch.device("cuda")
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
@@ -207,6 +210,7 @@ def run_checks() -> list[dict]:
     extra_configs = [Nf4Config(block_m=1, block_n=16, block_k=256, split_k=4, use_dot=False, lookup=lookup)
                      for lookup in (0, 1, 3)]  # fmt: skip
     extra_configs += [Nf4Config(block_n=64, block_k=128, split_k=8, lookup=3), Nf4Config(block_n=128, lookup=0)]
+    extra_configs += [Nf4Config(block_n=bn, block_k=64, split_k=4, lookup=4, swap_ab=True) for bn in (16, 64)]
     for name, (n, k) in SHAPES.items():
         w, dense = quantized_weight(n, k)
         exact = torch.equal(nf4_dequantize(w.qweight, w.absmax, w.code, n, k), dense)
@@ -285,21 +289,27 @@ def check_graph_replay() -> list[dict]:
 # ---------------------------------------------------------------- sweep
 
 
-def sweep_configs(m: int, n: int, k: int) -> list[Nf4Config]:
+def sweep_configs(m: int, n: int, k: int, lookups: tuple[int, ...]) -> list[Nf4Config]:
     configs = []
     tiles = [(16, bn, bk, w, s, True, swap) for bn, bk, w, s, swap in DOT_TILES]
     if m == 1:
         tiles += [(1, *t, False, False) for t in FMA_TILES]
     for block_m, block_n, block_k, warps, stages, use_dot, swap in tiles:
-        for lookup in LOOKUPS:
+        for lookup in lookups:
+            if lookup == 4 and not (swap and block_k == 64):
+                continue  # the register table steps one absmax block at a time, swapped
+            if lookup != 4 and swap and (block_n < 64 or stages == 3):
+                continue  # the small and 3-stage swapped tiles were added for the register table
             for split in SPLITS:
                 if k % (split * block_k) == 0 and n % block_n == 0 and (n // block_n) * split <= 8192:
                     configs.append(Nf4Config(block_m, block_n, block_k, split, use_dot, warps, stages, lookup, swap))
     return configs
 
 
-def sweep_points(sweep_m: tuple[int, ...]) -> list[tuple[str, int, Nf4Config]]:
-    return [(name, m, cfg) for name, (n, k) in SHAPES.items() for m in sweep_m for cfg in sweep_configs(m, n, k)]
+def sweep_points(sweep_m: tuple[int, ...], lookups: tuple[int, ...]) -> list[tuple[str, int, Nf4Config]]:
+    return [
+        (name, m, cfg) for name, (n, k) in SHAPES.items() for m in sweep_m for cfg in sweep_configs(m, n, k, lookups)
+    ]
 
 
 def compile_key(point: tuple[str, int, Nf4Config]) -> Nf4Config:
@@ -344,7 +354,7 @@ def per_call_ms(fn_for_weight, copies: list[Nf4Weight]) -> float:
     return time_graph(lambda: [fn_for_weight(w) for w in copies]) / len(copies)
 
 
-def run_sweep(bandwidth: float, sweep_m: tuple[int, ...]) -> tuple[dict, list[dict]]:
+def run_sweep(bandwidth: float, sweep_m: tuple[int, ...], lookups: tuple[int, ...]) -> tuple[dict, list[dict]]:
     code = nf4_code()
     rows, best = [], {}
     for name, (n, k) in SHAPES.items():
@@ -353,7 +363,7 @@ def run_sweep(bandwidth: float, sweep_m: tuple[int, ...]) -> tuple[dict, list[di
         for m in sweep_m:
             x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
             expected = x.float() @ dense.t()
-            for cfg in sweep_configs(m, n, k):
+            for cfg in sweep_configs(m, n, k, lookups):
                 try:
                     err = rel_err(ours(x, copies[0], cfg), expected)
                     ms = per_call_ms(lambda w, cfg=cfg, x=x: ours(x, w, cfg), copies)
@@ -509,6 +519,7 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--bench", action="store_true")
     parser.add_argument("--sweep-m", type=int, nargs="+", default=SWEEP_M, help="batch sizes the sweep times")
+    parser.add_argument("--lookups", type=int, nargs="+", default=LOOKUPS, help="table lookups the sweep tries")
     parser.add_argument("--workers", type=int, default=14, help="processes compiling the sweep's kernels")
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
     args = parser.parse_args()
@@ -525,7 +536,7 @@ def main() -> int:
     compile_job = None
     if args.sweep:
         pool = concurrent.futures.ThreadPoolExecutor(1)
-        compile_job = pool.submit(precompile, sweep_points(tuple(args.sweep_m)), args.workers)
+        compile_job = pool.submit(precompile, sweep_points(tuple(args.sweep_m), tuple(args.lookups)), args.workers)
     try:
         if args.check:
             result["checks"] = run_checks()
@@ -534,7 +545,7 @@ def main() -> int:
         result["bandwidth"] = copy_bandwidth()
         print(f"copy bandwidth {result['bandwidth'] / 1e12:.2f} TB/s ({time.time() - started:.0f} s)", flush=True)
         if args.sweep:
-            tuned, result["sweep"] = run_sweep(result["bandwidth"], tuple(args.sweep_m))
+            tuned, result["sweep"] = run_sweep(result["bandwidth"], tuple(args.sweep_m), tuple(args.lookups))
             nf4_configs.TUNED.update(tuned)
             result["tuned"] = {f"{n},{k},{m}": asdict(c) for (n, k, m), c in tuned.items()}
             print("TUNED = {")

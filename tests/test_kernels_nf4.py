@@ -86,3 +86,5 @@ def test_m_bucket_and_config_validation() -> None:
         Nf4Config(block_m=2, use_dot=False)
     with pytest.raises(ValueError, match="lookup"):
         Nf4Config(lookup=2)
+    with pytest.raises(ValueError, match="swapped"):
+        Nf4Config(lookup=4)

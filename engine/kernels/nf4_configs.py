@@ -21,7 +21,7 @@ class Nf4Config:
     use_dot: bool = True
     num_warps: int = 4
     num_stages: int = 3
-    lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX pair per byte
+    lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX pair per byte, 4 register table
     swap_ab: bool = False  # tensor cores: y^T = W x^T, the dequantized weight tile as the first operand
 
     def __post_init__(self) -> None:
@@ -29,8 +29,10 @@ class Nf4Config:
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"{name}: must be a power of two, got {value}")
-        if self.lookup not in (0, 1, 3):
-            raise ValueError(f"lookup: must be 0, 1 or 3, got {self.lookup}")
+        if self.lookup not in (0, 1, 3, 4):
+            raise ValueError(f"lookup: must be 0, 1, 3 or 4, got {self.lookup}")
+        if self.lookup == 4 and not self.swap_ab:
+            raise ValueError("lookup: the register table (4) runs on the swapped tensor-core path only")
         if self.split_k < 1 or self.num_stages < 1:
             raise ValueError(f"split_k and num_stages: must be >= 1, got {self.split_k}, {self.num_stages}")
         if self.use_dot and (self.block_m < 16 or self.block_n < 16 or self.block_k < 64):

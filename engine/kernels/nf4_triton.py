@@ -21,12 +21,14 @@ import triton.language as tl
 from engine.kernels.lora_triton import block_r, lora_delta_tile, segment_args
 from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config, pick_config
+from engine.kernels.nf4_lut import lut_asm
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter cannot run inline PTX
 TICKETS = 1 << 16
 _tickets: dict[torch.device, torch.Tensor] = {}
 _num_sms: dict[torch.device, int] = {}
 _pair_tables: dict[tuple[torch.device, int], torch.Tensor] = {}
+_code_values: dict[tuple[torch.device, int], tuple[float, ...]] = {}
 
 
 _NIBBLE_LOOKUP = tl.constexpr("{ .reg .b64 a; mad.wide.u32 a, $1, 4, $2; ld.global.nc.f32 $0, [a]; }")
@@ -71,6 +73,18 @@ def _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G: tl.constexpr, HALF:
     return even, odd, scale
 
 
+@triton.jit
+def _lut_block(q_ptr, absmax_ptr, rows, g, K, GROUP: tl.constexpr, LUT_ASM: tl.constexpr):
+    """fp16 NF4 codes of absmax block g of `rows`, [BLOCK_N, GROUP] in k order (not scaled), and the
+    block's absmax [BLOCK_N, 1]: the register table of engine/kernels/nf4_lut.py, 4 bytes per call."""
+    HALF: tl.constexpr = GROUP // 2
+    packed = tl.load(q_ptr + rows[:, None] * (K // 2) + g * HALF + tl.arange(0, HALF)[None, :])  # [BN, HALF]
+    scale = tl.load(absmax_ptr + rows[:, None] * (K // GROUP) + g)  # [BN, 1]
+    even, odd = tl.inline_asm_elementwise(LUT_ASM, "=r,=r,=r,=r,r", [packed], dtype=(tl.float16, tl.float16),
+                                          is_pure=True, pack=4)  # fmt: skip
+    return tl.reshape(tl.join(even, odd), (packed.shape[0], GROUP)), scale
+
+
 @triton.jit(do_not_specialize=["M", "split_k", "lora_r", "lora_splits", "seg1", "seg2"])
 def _nf4_matmul_kernel(
     x_ptr, q_ptr, absmax_ptr, code_ptr, y_ptr, ws_ptr, ticket_ptr,
@@ -78,7 +92,7 @@ def _nf4_matmul_kernel(
     M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, lora_splits, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr,
+    NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -95,13 +109,17 @@ def _nf4_matmul_kernel(
     if USE_DOT:
         acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP_AB else (BLOCK_M, BLOCK_N), tl.float32)
         for g0 in range(g_begin, g_end, G):
-            even, odd, scale = _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G, HALF, LOOKUP)
             x_ptrs = x_ptr + offs_m[:, None] * stride_xm + g0 * GROUP + offs_k[None, :]
             xt = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BLOCK_K]
-            w = tl.join((even * scale).to(tl.float16), (odd * scale).to(tl.float16))  # [BN, G, HALF, 2]
-            w = tl.reshape(w, (BLOCK_N, BLOCK_K))
-            # swapped, the weight tile stays the first operand: [BN, BK] @ [BK, BM]
-            acc = tl.dot(w, tl.trans(xt), acc) if SWAP_AB else tl.dot(xt, tl.trans(w), acc)
+            if LOOKUP == 4:  # one absmax block per step (swapped): its scale multiplies the fp32 product
+                codes, scale = _lut_block(q_ptr, absmax_ptr, rows, g0, K, GROUP, LUT_ASM)
+                acc += tl.dot(codes, tl.trans(xt)) * scale
+            else:
+                even, odd, scale = _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G, HALF, LOOKUP)
+                w = tl.join((even * scale).to(tl.float16), (odd * scale).to(tl.float16))  # [BN, G, HALF, 2]
+                w = tl.reshape(w, (BLOCK_N, BLOCK_K))
+                # swapped, the weight tile stays the first operand: [BN, BK] @ [BK, BM]
+                acc = tl.dot(w, tl.trans(xt), acc) if SWAP_AB else tl.dot(xt, tl.trans(w), acc)
         out = tl.trans(acc) if SWAP_AB else acc
     else:  # one row (BLOCK_M == 1), FMAs in the weights' own layout: no layout conversion of the tile
         acc = tl.zeros((BLOCK_N, G, 1), tl.float32)
@@ -176,6 +194,18 @@ def byte_pair_table(code: torch.Tensor) -> torch.Tensor:
     return table
 
 
+def code_values(code: torch.Tensor) -> tuple[float, ...]:
+    """The code table's values on the host (one device read per `code` tensor, cached; before CUDA graph
+    capture, as any warm-up call does)."""
+    key = (code.device, code.data_ptr())
+    values = _code_values.get(key)
+    if values is None:
+        assert not (code.is_cuda and torch.cuda.is_current_stream_capturing()), "call nf4_matmul before capture"
+        values = tuple(code.float().tolist())
+        _code_values[key] = values
+    return values
+
+
 def _tickets_for(device: torch.device) -> torch.Tensor:
     tickets = _tickets.get(device)
     if tickets is None:
@@ -227,12 +257,15 @@ def nf4_matmul_triton(
     seg1, seg2 = segment_args(segments, cfg.block_n)
     lookup = 0 if INTERPRETED else cfg.lookup
     table = byte_pair_table(code) if lookup == 3 else code
+    asm = lut_asm(code_values(code)) if lookup == 4 else ""
+    assert lookup != 4 or cfg.block_k == blocksize, "the register table path steps one absmax block at a time"
     _nf4_matmul_kernel[grid](
         x, qweight, absmax, table, y, ws, tickets, t, slot_ids, b_stack, scales, ranks,
         m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, lora_r, lora_splits, seg1, seg2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
         IS_SPLIT=is_split, USE_DOT=cfg.use_dot, HAS_LORA=lora is not None,
         BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1, LOOKUP=lookup, SWAP_AB=cfg.swap_ab,
+        LUT_ASM=asm,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y
