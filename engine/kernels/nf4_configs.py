@@ -50,43 +50,40 @@ def m_bucket(m: int) -> int:
     return 1 << (m - 1).bit_length()
 
 
-def _fma(block_n: int, block_k: int, split_k: int, num_warps: int) -> Nf4Config:
-    return Nf4Config(1, block_n, block_k, split_k, use_dot=False, num_warps=num_warps, num_stages=2, lookup=3)
+def _lut(split_k: int) -> Nf4Config:
+    """The register-table tile (lookup 4): 32 weight rows, one 64-wide absmax block per step, 2 warps."""
+    return Nf4Config(16, 32, 64, split_k, use_dot=True, num_warps=2, num_stages=3, lookup=4, swap_ab=True)
 
 
-def _dot(split_k: int, block_k: int = 64, num_stages: int = 1) -> Nf4Config:
-    return Nf4Config(16, 64, block_k, split_k, use_dot=True, num_warps=4, num_stages=num_stages, lookup=3,
-                     swap_ab=True)  # fmt: skip
+def _pair_table_dot(block_k: int) -> Nf4Config:
+    """Byte-pair-table tile for absmax blocks other than 64 (the register table steps one block of 64)."""
+    return Nf4Config(16, 64, block_k, 1, use_dot=True, num_warps=4, num_stages=1, lookup=3, swap_ab=True)
 
 
-# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` on an H100 (docs/KERNELS.md):
-# M = 1 from run 2; M = 2..16 share the M = 8 winners of run 3 (the swapped tensor-core tile pads every
-# batch to 16 columns, so its time does not depend on M). Llama-3-8B: fused qkv, o, fused gate_up, down.
+# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` (docs/KERNELS.md, run 4 on an H200):
+# the register-table tile won every shape at M = 1 and M = 8; its swapped tile pads the batch to 16 columns,
+# so its time does not depend on M and M = 1..16 share it. Llama-3-8B: fused qkv, o, fused gate_up, down.
 TUNED: dict[tuple[int, int, int], Nf4Config] = {
-    (6144, 4096, 1): _fma(16, 512, 1, 4),
-    (4096, 4096, 1): _fma(32, 256, 4, 2),
-    (28672, 4096, 1): _fma(32, 256, 1, 2),
-    (4096, 14336, 1): _fma(32, 512, 4, 2),
-    **{(6144, 4096, m): _dot(8) for m in (2, 4, 8, 16)},
-    **{(4096, 4096, m): _dot(8, block_k=128, num_stages=2) for m in (2, 4, 8, 16)},
-    **{(28672, 4096, m): _dot(2) for m in (2, 4, 8, 16)},
-    **{(4096, 14336, m): _dot(8) for m in (2, 4, 8, 16)},
+    **{(6144, 4096, m): _lut(8) for m in (1, 2, 4, 8, 16)},
+    **{(4096, 4096, m): _lut(8) for m in (1, 2, 4, 8, 16)},
+    **{(28672, 4096, m): _lut(2) for m in (1, 2, 4, 8, 16)},
+    **{(4096, 14336, m): _lut(8) for m in (1, 2, 4, 8, 16)},
 }
 
 
 def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int) -> Nf4Config:
-    """The tuned config for this shape when there is one, else the tuned configs' shape with a split-K
-    that fills the GPU (M = 1: FMAs; M <= 16: tensor cores), or a plain tiled GEMM for large M."""
+    """The tuned config for this shape when there is one, else the register-table tile (or, for absmax
+    blocks other than 64, the byte-pair-table tile) with a split-K that fills the GPU, or a plain tiled
+    GEMM for large M."""
     tuned = TUNED.get((n, k, m_bucket(m)))
-    if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and tuned.block_k % blocksize == 0:
+    if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and tuned.block_k == blocksize:
         return tuned
     if m > MAX_SMALL_M:
         block_k = max(blocksize, 256 if k % 256 == 0 else blocksize)
         return Nf4Config(block_m=64, block_n=64, block_k=block_k, num_warps=8)
-    base = _fma(32, 256, 1, 2) if m == 1 else _dot(1)
-    block_k = base.block_k if k % base.block_k == 0 and base.block_k % blocksize == 0 else max(64, blocksize)
+    base = _lut(1) if blocksize == 64 else _pair_table_dot(max(64, blocksize))
     n_tiles = -(-n // base.block_n)
     split_k = 1
-    while n_tiles * split_k < 2 * num_sms and k % (2 * split_k * block_k) == 0 and split_k < 8:
+    while n_tiles * split_k < 2 * num_sms and k % (2 * split_k * base.block_k) == 0 and split_k < 8:
         split_k *= 2
-    return replace(base, block_k=block_k, split_k=split_k)
+    return replace(base, split_k=split_k)

@@ -11,7 +11,7 @@ NF4_BLOCKSIZE = 64
 TRITON_ROWS = {  # rows of x for which the Triton NF4 matmul runs, per EngineConfig.kernels (docs/KERNELS.md)
     "bitsandbytes": range(0),
     "triton": range(1, 17),
-    "auto": range(2, 17),  # bitsandbytes' fused gemv is faster for one row; ours reads the weights once for 2..16
+    "auto": range(1, 17),  # the register-table kernel beat bitsandbytes at 1 row and 8 (docs/KERNELS.md, run 4)
 }
 
 
