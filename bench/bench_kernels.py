@@ -55,6 +55,8 @@ DOT_TILES = (
     + [(bn, bk, w, s, True) for bn in (64, 128) for bk in (64, 128, 256) for w in (4, 8) for s in (1, 2)]
     + [(bn, 64, w, 3, True) for bn in (64, 128) for w in (4, 8)]
     + [(bn, 64, w, s, True) for bn in (16, 32) for w in (2, 4) for s in (1, 2, 3)]
+    + [(32, 64, 2, s, True) for s in (4, 5)]
+    + [(64, 64, 4, s, True) for s in (4, 5)]
 )  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
 FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
 LOOKUPS = (3, 4)  # byte-pair table, register table (swapped, BLOCK_K 64); --check covers lookups 0 and 1 too
@@ -298,8 +300,8 @@ def sweep_configs(m: int, n: int, k: int, lookups: tuple[int, ...]) -> list[Nf4C
         for lookup in lookups:
             if lookup == 4 and not (swap and block_k == 64):
                 continue  # the register table steps one absmax block at a time, swapped
-            if lookup != 4 and swap and (block_n < 64 or stages == 3):
-                continue  # the small and 3-stage swapped tiles were added for the register table
+            if lookup != 4 and swap and (block_n < 64 or stages >= 3):
+                continue  # the small and 3+-stage swapped tiles were added for the register table
             for split in SPLITS:
                 if k % (split * block_k) == 0 and n % block_n == 0 and (n // block_n) * split <= 8192:
                     configs.append(Nf4Config(block_m, block_n, block_k, split, use_dot, warps, stages, lookup, swap))
