@@ -293,7 +293,8 @@ def check_graph_replay() -> list[dict]:
 
 def sweep_configs(m: int, n: int, k: int, lookups: tuple[int, ...]) -> list[Nf4Config]:
     configs = []
-    tiles = [(16, bn, bk, w, s, True, swap) for bn, bk, w, s, swap in DOT_TILES]
+    block_m = max(16, 1 << (m - 1).bit_length())  # M > 16 (short prefills): one tile column block holds all rows
+    tiles = [(block_m, bn, bk, w, s, True, swap) for bn, bk, w, s, swap in DOT_TILES]
     if m == 1:
         tiles += [(1, *t, False, False) for t in FMA_TILES]
     for block_m, block_n, block_k, warps, stages, use_dot, swap in tiles:
@@ -356,6 +357,14 @@ def per_call_ms(fn_for_weight, copies: list[Nf4Weight]) -> float:
     return time_graph(lambda: [fn_for_weight(w) for w in copies]) / len(copies)
 
 
+def bnb_per_call_ms(x: torch.Tensor, copies: list[Nf4Weight]) -> float:
+    """bitsandbytes' matmul_4bit on the same rotating copies (nan without bitsandbytes)."""
+    if not HAS_BNB:
+        return float("nan")
+    pairs = [(w, w.quant_state()) for w in copies]
+    return guarded(lambda: [matmul_4bit(x, w.qweight.t(), s) for w, s in pairs]) / len(pairs)
+
+
 def run_sweep(bandwidth: float, sweep_m: tuple[int, ...], lookups: tuple[int, ...]) -> tuple[dict, list[dict]]:
     code = nf4_code()
     rows, best = [], {}
@@ -379,9 +388,12 @@ def run_sweep(bandwidth: float, sweep_m: tuple[int, ...], lookups: tuple[int, ..
                     continue
                 if (name, m) not in best or ms < best[(name, m)][0]:
                     best[(name, m)] = (ms, cfg)
+            bnb_ms = bnb_per_call_ms(x, copies)
+            rows.append(dict(shape=name, m=m, ms=bnb_ms, impl="bnb"))
             if (name, m) in best:
                 ms, cfg = best[(name, m)]
-                print(f"sweep best {name:8s} M={m:<3d} {ms * 1e3:8.1f} us  {cfg}", flush=True)
+                print(f"sweep best {name:8s} M={m:<3d} {ms * 1e3:8.1f} us (bitsandbytes {bnb_ms * 1e3:.1f} us)  {cfg}",
+                      flush=True)  # fmt: skip
         del copies
     tuned = {}
     for (name, m), (_, cfg) in best.items():
@@ -406,12 +418,9 @@ def run_bench(bandwidth: float) -> dict:
     out: dict = {"per_linear": [], "step": [], "lora": []}
     for name, (n, k) in SHAPES.items():
         copies = rotating_copies(n, k, code)
-        states = [w.quant_state() for w in copies] if HAS_BNB else []
         floor_ms = copies[0].nbytes / bandwidth * 1e3
         for m in (1, 8) if HAS_BNB else ():
-            x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
-            pairs = list(zip(copies, states, strict=True))
-            ms = guarded(lambda x=x, pairs=pairs: [matmul_4bit(x, w.qweight.t(), s) for w, s in pairs]) / len(pairs)
+            ms = bnb_per_call_ms(torch.randn(m, k, device=DEVICE, dtype=torch.float16), copies)
             out["per_linear"].append(dict(impl="bnb", shape=name, m=m, ms=ms, floor_ms=floor_ms))
         for m in BATCHES:
             x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
@@ -423,7 +432,7 @@ def run_bench(bandwidth: float) -> dict:
         for row in out["per_linear"][-len(BATCHES) - 1 - 2 * HAS_BNB :]:
             print(f"linear {row['impl']:18s} {name:8s} M={row['m']:<3d} {row['ms'] * 1e3:8.1f} us "
                   f"({row['floor_ms'] / row['ms']:.0%} of floor)", flush=True)  # fmt: skip
-        del copies, states
+        del copies
     torch.cuda.empty_cache()
 
     layers = [{name: random_weight(n, k, code) for name, (n, k) in SHAPES.items()} for _ in range(LAYERS)]
