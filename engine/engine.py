@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from concurrent.futures import Future
 from typing import Any
@@ -23,6 +23,7 @@ from engine.loader import load_model
 from engine.lora.registry import AdapterRegistry
 from engine.model_config import LlamaArgs
 from engine.model_runner import ModelRunner
+from engine.parking import ParkedTensors
 from engine.quant import TRITON_ROWS
 from engine.sampling import RowSampler, sample
 from engine.scheduler import Scheduler
@@ -79,6 +80,7 @@ class Engine:
             _, highest = torch.cuda.Stream.priority_range()
             self._llm_stream = torch.cuda.Stream(self.device, priority=highest)
             self._job_stream = torch.cuda.Stream(self.device)
+        self._parked: ParkedTensors | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="storyloom-engine", daemon=True)
         self._thread.start()
@@ -164,11 +166,36 @@ class Engine:
             self._cv.notify()
         return future
 
+    @contextlib.contextmanager
+    def parked(self) -> Iterator[None]:
+        """On the engine thread, for the body: the LLM (weights, adapter slots, KV cache) waits in CPU RAM and its
+        GPU memory is free for the image model; LLM requests wait too (`step_between` does nothing). Back after,
+        with every running request's cache intact. For the VRAM plan that swaps the LLM out while drawing."""
+        assert threading.current_thread() is self._thread, "parked() runs on the engine thread only"
+        assert self._parked is None, "the LLM is parked already"
+        self.runner.release_graphs()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._parked = ParkedTensors(self.model.device_tensors() + self.cache.tensors())
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            log.info("parked the LLM in CPU RAM (%.2f GB); %.2f GB of GPU memory stays allocated",
+                     self._parked.nbytes / 2**30, torch.cuda.memory_allocated(self.device) / 2**30)  # fmt: skip
+        try:
+            yield
+        finally:
+            parked, self._parked = self._parked, None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # what the body cached goes back first
+            parked.restore()
+
     def step_between(self) -> None:
         """Called by long jobs on the engine thread (e.g. after each denoising step is queued) so LLM requests
         keep moving. On CUDA, jobs run on their own stream: LLM steps run on the engine's stream until the job's
         queued GPU work is done, so both models compute at the same time."""
         assert threading.current_thread() is self._thread, "step_between runs on the engine thread only"
+        if self._parked is not None:
+            return
         job_done = None
         if self._job_stream is not None:
             job_done = torch.cuda.Event()

@@ -22,8 +22,11 @@ class KVCache:
         self.num_slots = num_slots
         self.max_seq_len = max_seq_len
 
+    def tensors(self) -> list[torch.Tensor]:
+        return self.k + self.v
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
     @staticmethod
     def bytes_needed(

@@ -135,6 +135,12 @@ class LlamaModel(nn.Module):
                     found[(i, name)] = proj
         return found
 
+    def device_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the model keeps on its device: weights, norms, RoPE tables and adapter slots."""
+        stacks = {id(p.lora): p.lora for p in self.projections().values() if p.lora is not None}
+        held = [*self.buffers(), *self.parameters(), *self.rope.tensors()]
+        return held + [t for stack in stacks.values() for t in stack.tensors()]
+
     def forward(self, tokens: torch.Tensor, meta: ForwardMeta, cache: KVCache, last_only: bool) -> torch.Tensor:
         # tokens: [T] -> logits [T or 1, V] in fp32
         h, delta = self.embed[tokens], None  # [T, D]

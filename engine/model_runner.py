@@ -95,6 +95,10 @@ class ModelRunner:
         finally:
             set_routing(None)
 
+    def release_graphs(self) -> None:
+        """Drops every decode graph (they hold device addresses); the next decode steps capture again."""
+        self._graphs.clear()
+
     def _graph(self, n: int, kv_len: int, use_lora: bool, inputs: tuple[list[int], ...]) -> DecodeGraph:
         """Captures on first use. The warm-up runs use this step's real inputs, so their cache writes are the
         ones the step makes anyway and no live slot is disturbed."""

@@ -45,6 +45,9 @@ class RotaryEmbedding:
         self.cos = emb.cos().to(device=device, dtype=dtype)
         self.sin = emb.sin().to(device=device, dtype=dtype)
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos, self.sin
+
     def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: [T] -> cos, sin: [T, 1, D], gathered once per forward and shared by all layers
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from adapters import AdapterStore
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, SamplingParams
 from engine.errors import InvalidRequestError
 from engine.sdxl import SDXLRenderer
 from engine.sdxl.tokens import MAX_PROMPT_TOKENS
@@ -238,3 +238,34 @@ def test_bad_ideas(tmp_path, engine):
     assert pipeline.check_idea("  a storm  ") == "a storm"
     with pytest.raises(InvalidRequestError, match="no concept yet"):
         run(pipeline.write_story_and_prompt, StoryDraft("a storm"), StoryOptions())
+
+
+class SwapPlanRenderer:
+    """The demo renderer under a VRAM plan that may swap the LLM out while drawing; records where the LLM's
+    embedding lived during each render."""
+
+    def __init__(self, renderer: SDXLRenderer, engine: Engine, swap: bool) -> None:
+        self._renderer, self._engine = renderer, engine
+        self.plan = SimpleNamespace(llm_offload_while_drawing=swap, both_resident=False)
+        self.embed_during_render: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._renderer, name)
+
+    def render(self, *args, **kwargs):
+        self.embed_during_render.append(self._engine.model.embed.data_ptr())
+        return self._renderer.render(*args, **kwargs)
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["swap-plan", "llm-stays"])
+def test_the_swap_plan_parks_the_llm_while_drawing_and_brings_it_back(tmp_path, demo_renderer, engine, swap):
+    renderer = SwapPlanRenderer(demo_renderer, engine, swap)
+    pipeline = StoryPipeline(engine, renderer, AdapterStore(tmp_path), renderer.plan, settings=small_settings(tmp_path))
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    text_before = engine.generate(["a storm"], greedy)[0].token_ids
+    home = engine.model.embed.data_ptr()
+    draft = StoryDraft(idea="a storm", image_prompt="a lighthouse in a storm", seed=5, width=512, height=512)
+    drawn, _ = run(pipeline.render, draft)
+    assert drawn.image is not None
+    assert (renderer.embed_during_render[0] != home) is swap
+    assert engine.generate(["a storm"], greedy)[0].token_ids == text_before

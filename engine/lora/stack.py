@@ -36,8 +36,11 @@ class LoraStack:
         self.active_rank = 0
         self.use_kernels = use_kernels
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.a, self.b, self.scales, self.ranks
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.a, self.b, self.scales, self.ranks))
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def write(self, slot: int, weights: dict[int, tuple[torch.Tensor, torch.Tensor, float]]) -> None:
         """weights: part index -> (A [r, K], B [n, r], scale)."""

@@ -11,7 +11,8 @@ C = largest component plus its own activations, S = VAE + streamed UNet layer + 
 | "sequential offload"     | streamed layer by layer          | stays if it fits      | (L +) S       |
 | "cpu only"               | nothing (SDXL draws on the CPU)  | stays                 | L             |
 
-The renderer applies the SDXL placement; the engine reads `llm_offload_while_drawing` and swaps the LLM.
+The renderer applies the SDXL placement; the story pipeline reads `llm_offload_while_drawing` and draws inside
+`Engine.parked()`, which moves the LLM to CPU RAM and back.
 """
 
 from __future__ import annotations

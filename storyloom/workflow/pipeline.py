@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -313,16 +314,16 @@ class StoryPipeline:
             job.emit(StoryEvent("image_progress", "image", progress=progress, image=p.preview, source=source))
 
         def work() -> Any:
-            return (
-                self.renderer.render(
+            # the plan that swaps the LLM out frees its GPU memory for the drawing; text generation waits
+            swap = self.renderer.plan.llm_offload_while_drawing
+            with self.engine.parked() if swap else contextlib.nullcontext():
+                image = self.renderer.render(
                     params,
                     on_progress=on_progress,
                     should_cancel=lambda: job.cancelled or stop.is_set(),
                     between_steps=self.engine.step_between,
-                ),
-                time.perf_counter() - started,
-                source,
-            )
+                )
+            return image, time.perf_counter() - started, source
 
         task = _RenderTask(self.engine.run_on_engine_thread(work), stop)
         job.track(task)

@@ -1,0 +1,106 @@
+"""Parking the LLM in CPU RAM while drawing (the "swap llm while drawing" VRAM plan) and bringing it back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import Engine, EngineConfig, SamplingParams
+from engine.parking import ParkedTensors
+from tests.llm_fixtures import ADAPTER_SPECS, make_llama, make_peft_adapter
+
+GREEDY = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+PROMPT = "The knight rode north through the snow and the"
+
+
+def test_parked_tensors_keep_their_objects_and_values_and_count_a_shared_tensor_once() -> None:
+    a, b = torch.randn(3, 4), torch.arange(5, dtype=torch.int32)
+    values = (a.clone(), b.clone())
+    pointers = (a.data_ptr(), b.data_ptr())
+    parked = ParkedTensors([a, b, a])  # a tied lm_head is the embedding itself
+    assert parked.nbytes == a.numel() * 4 + b.numel() * 4
+    assert (a.data_ptr(), b.data_ptr()) != pointers  # new storage, same Python objects
+    parked.restore()
+    assert torch.equal(a, values[0]) and torch.equal(b, values[1])
+    with pytest.raises(AssertionError, match="once"):
+        parked.restore()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    base = make_llama(tmp_path_factory.mktemp("llama"), tie_word_embeddings=True)
+    adapter = make_peft_adapter(base, tmp_path_factory.mktemp("adapter"), seed=3, **ADAPTER_SPECS["r16-all-rslora"])
+    with Engine(EngineConfig(model=base, quantization="nf4", max_batch_size=4, max_seq_len=256)) as eng:
+        eng.adapters.load("writer", adapter)
+        yield eng
+
+
+def _reachable_tensors(*roots: object) -> list[torch.Tensor]:
+    """Every tensor reachable from roots through containers and engine/torch/bitsandbytes objects' attributes:
+    what the park must move, found without asking the code under test."""
+    seen, found, todo = set(), {}, list(roots)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            found[id(obj)] = obj
+        elif isinstance(obj, (list, tuple, set)):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif hasattr(obj, "__dict__") and type(obj).__module__.split(".")[0] in ("engine", "torch", "bitsandbytes"):
+            todo.extend(vars(obj).values())
+    return list(found.values())
+
+
+def _held(eng: Engine) -> list[torch.Tensor]:
+    return _reachable_tensors(eng.model, eng.cache)
+
+
+def test_a_park_moves_every_held_tensor_and_generation_is_unchanged_after(engine):
+    before = [r.token_ids for r in engine.generate([PROMPT, PROMPT], GREEDY, adapters=[None, "writer"])]
+    assert before[0] != before[1], "the adapter must change the output"
+    pointers = [t.data_ptr() for t in _held(engine)]
+
+    def park() -> list[bool]:
+        with engine.parked():
+            moved = [t.data_ptr() != p for t, p in zip(_held(engine), pointers, strict=True)]
+        return moved
+
+    moved = engine.run_on_engine_thread(park).result(timeout=60)
+    assert len(moved) > 20 and all(moved)
+    after = [r.token_ids for r in engine.generate([PROMPT, PROMPT], GREEDY, adapters=[None, "writer"])]
+    assert after == before
+
+
+def test_a_running_request_waits_while_parked_and_finishes_as_if_never_parked(engine):
+    alone = engine.generate([PROMPT], GREEDY, adapters=["writer"])[0].token_ids
+    handle = engine.submit(PROMPT, GREEDY, adapter="writer")
+    stream = iter(handle)
+    next(stream)  # decoding now
+
+    def park_and_try_to_step() -> tuple[int, int]:
+        running = list(engine.scheduler.running.values())
+        with engine.parked():
+            done = sum(len(s.output_ids) for s in running)
+            engine.step_between()  # a render's between-steps hook: no LLM step while parked
+            return done, sum(len(s.output_ids) for s in running)
+
+    done_before, done_after = engine.run_on_engine_thread(park_and_try_to_step).result(timeout=60)
+    assert done_before == done_after
+    assert handle.result(timeout=60).token_ids == alone
+
+
+def test_parking_twice_or_off_the_engine_thread_is_refused(engine):
+    with pytest.raises(AssertionError, match="engine thread"), engine.parked():
+        pass
+
+    def nested() -> None:
+        with engine.parked(), engine.parked():
+            pass
+
+    with pytest.raises(AssertionError, match="parked already"):
+        engine.run_on_engine_thread(nested).result(timeout=60)
+    assert engine.generate([PROMPT], GREEDY)[0].finish_reason == "length"
