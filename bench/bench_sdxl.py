@@ -11,15 +11,17 @@ Sections (each row records its own error and the run goes on; JSON is rewritten 
    total time, denoising it/s, peak VRAM, the pixel differences, and the graph counters (captures, replays,
    plain calls by reason). The warm-up renders capture the graph; timed renders replay it.
 2. plans: every plan applied in turn: measured peak VRAM against the planner's estimate.
-3. capped: `torch.cuda.set_per_process_memory_fraction` simulates 8/12/16 GB cards, with a ballast tensor of
-   --llm-gb beside SDXL standing in for the 4-bit Llama-3-8B. Every GPU plan is tried; the planner's pick must
-   complete. For plans that swap the LLM, the ballast is moved to the CPU while drawing, as the engine does.
+3. capped: `torch.cuda.set_per_process_memory_fraction` simulates 8/12/16 GB cards, with the engine beside SDXL:
+   an NF4 Llama-3-8B-shaped model (random weights) at the app's sizes (4 rows x 2,048 tokens, 4 adapter slots).
+   Every GPU plan is tried; the planner's pick must complete. Plans that swap the LLM draw inside
+   `Engine.parked()`, as the story pipeline does, and each row then checks that the LLM still generates.
 4. cpu only (last: it turns the pipeline to float32 on the CPU), with --cpu-steps steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -48,10 +50,13 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from assets import ASSETS_DIR
+from bench.llm_shapes import LLAMA3_8B, write_random_llama
+from engine import Engine, EngineConfig, SamplingParams
 from engine.config import ModelFootprint
 from engine.sdxl import RenderOutOfMemoryError, RenderParams, SDXLRenderer
 from engine.vram import PLAN_NAMES, GpuMemory, plan_vram
 from storyloom.demo.tiny_sdxl import assemble_sdxl
+from storyloom.workflow.models import APP_ENGINE_SIZES
 
 logger = logging.getLogger("bench_sdxl")
 GiB = 1024**3
@@ -70,7 +75,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cards", type=float, nargs="*", default=[8, 12, 16], help="simulated card sizes, GiB")
-    ap.add_argument("--llm-gb", type=float, default=5.3, help="LLM ballast beside SDXL on capped cards, GB")
     ap.add_argument("--sequential-steps", type=int, default=10, help="steps of 'sequential offload' rows (slow)")
     ap.add_argument("--cpu-steps", type=int, default=2, help="steps of the 'cpu only' plan")
     ap.add_argument("--skip-cpu", action="store_true", help="skip the 'cpu only' plan")
@@ -323,36 +327,39 @@ class Bench:
         self.results["plans"] = rows
 
     def capped(self, renderer: SDXLRenderer, params: RenderParams) -> None:
-        """Rows of (card, plan) under a memory cap with the LLM ballast beside SDXL."""
+        """Rows of (card, plan) under a memory cap with the 8B-shaped engine loaded beside SDXL."""
         device = self.args.device
         if not is_cuda(device):
             self.results["capped"] = [{"status": "skipped (no CUDA)"}]
             return
         total = torch.cuda.get_device_properties(device).total_memory
-        llm_bytes = int(self.args.llm_gb * 1e9)
-        llm = ModelFootprint(weights_bytes=llm_bytes, kv_cache_bytes=0, lora_slots_bytes=0, workspace_bytes=0)
         fp = renderer.footprint(params.width, params.height)
         gpus = {card_gb: GpuMemory(total_bytes=int(card_gb * GiB)) for card_gb in self.args.cards}
-        picks = {card_gb: plan_vram(gpu, llm, fp).name for card_gb, gpu in gpus.items()}
-        # The planner's pick on every card first (the claim to check), then the other plans.
-        order = [(c, picks[c]) for c in gpus] + [(c, n) for c in gpus for n in PLAN_NAMES[:-1] if n != picks[c]]
         rows = []
-        try:
-            for card_gb, name in order:
-                row = {"card_gb": card_gb, "llm_gb": self.args.llm_gb, "planner_pick": name == picks[card_gb]}
-                if not self.time_left():
-                    rows.append({**row, "plan": name, "status": "skipped (time budget)"})
-                    continue
-                plan = plan_vram(gpus[card_gb], llm, fp, override=name)
-                fraction = gpus[card_gb].total_bytes / total
-                rows.append({**row, **self.capped_row(renderer, plan, params, fraction, llm_bytes)})
-                self.write()
-        finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
-            reset_peak(device)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = write_random_llama(Path(tmp) / "llama", LLAMA3_8B, device)
+            with Engine(EngineConfig(model=folder, quantization="nf4", **APP_ENGINE_SIZES)) as engine:
+                llm = engine.footprint()
+                picks = {card_gb: plan_vram(gpu, llm, fp).name for card_gb, gpu in gpus.items()}
+                # The planner's pick on every card first (the claim to check), then the other plans.
+                order = [(c, picks[c]) for c in gpus] + [(c, n) for c in gpus for n in PLAN_NAMES[:-1] if n != picks[c]]
+                try:
+                    for card_gb, name in order:
+                        row = {"card_gb": card_gb, "llm_gb": round(llm.total_bytes / GiB, 2),
+                               "planner_pick": name == picks[card_gb]}  # fmt: skip
+                        if not self.time_left():
+                            rows.append({**row, "plan": name, "status": "skipped (time budget)"})
+                            continue
+                        plan = plan_vram(gpus[card_gb], llm, fp, override=name)
+                        fraction = gpus[card_gb].total_bytes / total
+                        rows.append({**row, **self.capped_row(renderer, plan, params, fraction, engine)})
+                        self.write()
+                finally:
+                    torch.cuda.set_per_process_memory_fraction(1.0, device)
+                    reset_peak(device)
         self.results["capped"] = rows
 
-    def capped_row(self, renderer: SDXLRenderer, plan, params: RenderParams, fraction: float, llm_bytes: int) -> dict:
+    def capped_row(self, renderer: SDXLRenderer, plan, params: RenderParams, fraction: float, engine: Engine) -> dict:
         device = self.args.device
         # Start each row from the CPU (model offload keeps fp16 weights in CPU RAM), then cap and place.
         fp = renderer.footprint(params.width, params.height)
@@ -360,16 +367,18 @@ class Bench:
         renderer.apply_plan(plan_vram(total, NO_LLM, fp, override="sdxl model offload"))
         reset_peak(device)
         torch.cuda.set_per_process_memory_fraction(min(fraction, 1.0), device)
-        ballast = torch.empty(llm_bytes, dtype=torch.uint8, device=device) if llm_bytes else None
+
+        def draw() -> dict:  # on the engine thread, as the story pipeline draws
+            with engine.parked() if plan.llm_offload_while_drawing else contextlib.nullcontext():
+                return self.plan_row(renderer, plan, params)
+
         try:
-            if plan.llm_offload_while_drawing and ballast is not None:
-                ballast = ballast.cpu()  # the engine swaps the LLM out while drawing
-                torch.cuda.empty_cache()
-            row = self.plan_row(renderer, plan, params)
+            row = engine.run_on_engine_thread(draw).result()
             row["fits_estimate"] = plan.fits
+            check = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+            row["llm_after"] = engine.generate([[1, 2, 3]], check)[0].finish_reason
             return row
         finally:
-            del ballast
             torch.cuda.set_per_process_memory_fraction(1.0, device)
             reset_peak(device)
 
@@ -411,13 +420,14 @@ def print_tables(results: dict) -> None:
     capped = [r for r in results.get("capped", []) if "card_gb" in r]
     if capped:
         lines += [
-            "| card GB | LLM GB | plan | planner pick | status | final plan | est. peak GB | peak VRAM GB | total s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| card GB | LLM GB | plan | planner pick | status | final plan | est. peak GB | peak VRAM GB | total s "
+            "| LLM after |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['card_gb']} | {r['llm_gb']} | {r['plan']} | {'yes' if r['planner_pick'] else ''} | {r['status']} "
             f"| {r.get('final_plan', '-')} | {r.get('estimated_peak_gb', '-')} | {r.get('peak_vram_gb', '-')} "
-            f"| {r.get('total_s', '-')} |"
+            f"| {r.get('total_s', '-')} | {r.get('llm_after', '-')} |"
             for r in capped
         ]
     print("\n".join(lines))
