@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
@@ -32,6 +33,7 @@ from engine.stats import EngineStats, StatsRecorder
 from engine.tokenizer import IncrementalDetokenizer, Prompt, PromptEncoder
 
 log = logging.getLogger(__name__)
+RETURN_RETRY_S = 0.5  # a parked LLM that did not fit back on the GPU tries again this often
 
 Sampling = SamplingParams | Seq[SamplingParams] | None
 
@@ -80,7 +82,9 @@ class Engine:
             _, highest = torch.cuda.Stream.priority_range()
             self._llm_stream = torch.cuda.Stream(self.device, priority=highest)
             self._job_stream = torch.cuda.Stream(self.device)
-        self._parked: ParkedTensors | None = None
+        self._parked: ParkedTensors | None = None  # the LLM's tensors are in CPU RAM (drawing, or not back yet)
+        self._drawing_parked = False
+        self._failed_returns = 0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="storyloom-engine", daemon=True)
         self._thread.start()
@@ -166,28 +170,50 @@ class Engine:
             self._cv.notify()
         return future
 
+    @property
+    def llm_parked(self) -> bool:
+        """True while the LLM waits in CPU RAM: drawing under the swap plan, or not back on the GPU yet."""
+        return self._parked is not None
+
     @contextlib.contextmanager
     def parked(self) -> Iterator[None]:
         """On the engine thread, for the body: the LLM (weights, adapter slots, KV cache) waits in CPU RAM and its
         GPU memory is free for the image model; LLM requests wait too (`step_between` does nothing). Back after,
         with every running request's cache intact. For the VRAM plan that swaps the LLM out while drawing."""
         assert threading.current_thread() is self._thread, "parked() runs on the engine thread only"
-        assert self._parked is None, "the LLM is parked already"
-        self.runner.release_graphs()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self._parked = ParkedTensors(self.model.device_tensors() + self.cache.tensors())
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            log.info("parked the LLM in CPU RAM (%.2f GB); %.2f GB of GPU memory stays allocated",
-                     self._parked.nbytes / 2**30, torch.cuda.memory_allocated(self.device) / 2**30)  # fmt: skip
+        assert not self._drawing_parked, "the LLM is parked already"
+        if self._parked is None:  # else it is still out from a return that did not fit
+            self.runner.release_graphs()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._parked = ParkedTensors(self.model.device_tensors() + self.cache.tensors())
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+                log.info("parked the LLM in CPU RAM (%.2f GB); %.2f GB of GPU memory stays allocated",
+                         self._parked.nbytes / 2**30, torch.cuda.memory_allocated(self.device) / 2**30)  # fmt: skip
+        self._drawing_parked = True
         try:
             yield
         finally:
-            parked, self._parked = self._parked, None
+            self._drawing_parked = False
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # what the body cached goes back first
-            parked.restore()
+            self._return_llm()
+
+    def _return_llm(self) -> bool:
+        """Brings a parked LLM back; False while it does not fit (it stays parked and LLM steps wait)."""
+        try:
+            self._parked.restore()
+        except torch.OutOfMemoryError as exc:
+            self._failed_returns += 1
+            log.log(logging.ERROR if self._failed_returns == 1 else logging.DEBUG,
+                    "the LLM does not fit back on the GPU yet (%s); text generation waits and tries again",
+                    str(exc).splitlines()[0])  # fmt: skip
+            return False
+        if self._failed_returns:
+            log.info("the LLM is back on the GPU after %d tries", self._failed_returns + 1)
+        self._parked, self._failed_returns = None, 0
+        return True
 
     def step_between(self) -> None:
         """Called by long jobs on the engine thread (e.g. after each denoising step is queued) so LLM requests
@@ -227,6 +253,9 @@ class Engine:
     # ---- engine thread -----------------------------------------------------------------------------------------
 
     def step(self) -> None:
+        if self._parked is not None and not self._return_llm():
+            time.sleep(RETURN_RETRY_S)
+            return
         self._reap_cancelled()
         admitted = self.scheduler.schedule(self.adapters.acquire)
         if admitted:

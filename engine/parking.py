@@ -7,6 +7,7 @@ remembers device addresses (CUDA graphs) must be dropped by the caller before pa
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterable
 
@@ -14,6 +15,10 @@ import torch
 
 log = logging.getLogger(__name__)
 GIB = 2**30
+
+
+def copied_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t.detach().to(device, copy=True)
 
 
 class ParkedTensors:
@@ -28,12 +33,23 @@ class ParkedTensors:
         self._devices = [t.device for t in self._tensors]
         self.nbytes = sum(t.numel() * t.element_size() for t in self._tensors)
         for t in self._tensors:
-            t.data = t.detach().to("cpu", copy=True)
+            t.data = copied_to(t, torch.device("cpu"))
+        self._restored = 0  # tensors 0.._restored-1 are back
         self.parked = True
 
     def restore(self) -> None:
+        """Out of device memory, frees the allocator's cache and tries that tensor once more; if it still does
+        not fit, raises torch.OutOfMemoryError with the rest still parked, and a later call goes on from there."""
         assert self.parked, "restore once per park"
-        for t, device in zip(self._tensors, self._devices, strict=True):
-            t.data = t.detach().to(device, copy=True)
+        while self._restored < len(self._tensors):
+            t, device = self._tensors[self._restored], self._devices[self._restored]
+            try:
+                t.data = copied_to(t, device)
+            except torch.OutOfMemoryError:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                t.data = copied_to(t, device)
+            self._restored += 1
         self.parked = False
-        log.info("the LLM is back on the GPU (%.2f GB)", self.nbytes / GIB)
+        log.info("the LLM is back on its device (%.2f GB)", self.nbytes / GIB)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import Engine, EngineConfig, SamplingParams
+from engine import Engine, EngineConfig, SamplingParams, parking
 from engine.parking import ParkedTensors
 from tests.llm_fixtures import ADAPTER_SPECS, make_llama, make_peft_adapter
 
@@ -104,3 +104,32 @@ def test_parking_twice_or_off_the_engine_thread_is_refused(engine):
     with pytest.raises(AssertionError, match="parked already"):
         engine.run_on_engine_thread(nested).result(timeout=60)
     assert engine.generate([PROMPT], GREEDY)[0].finish_reason == "length"
+
+
+def _flaky_copies(monkeypatch, failures: int) -> list[int]:
+    """From now on the first `failures` copies back run out of memory."""
+    real, left = parking.copied_to, [failures]
+
+    def copied_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if left[0]:
+            left[0] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(t, device)
+
+    monkeypatch.setattr(parking, "copied_to", copied_to)
+    return left
+
+
+@pytest.mark.parametrize("failures", [1, 2], ids=["fits-after-freeing-the-cache", "does-not-fit-yet"])
+def test_an_llm_that_does_not_fit_back_waits_and_returns_before_the_next_step(engine, monkeypatch, failures):
+    before = engine.generate([PROMPT], GREEDY, adapters=["writer"])[0].token_ids
+
+    def draw_while_memory_is_short() -> tuple[bool, list[int]]:
+        with engine.parked():
+            left = _flaky_copies(monkeypatch, failures)
+        return engine.llm_parked, left
+
+    still_parked, left = engine.run_on_engine_thread(draw_while_memory_is_short).result(timeout=60)
+    assert still_parked is (failures == 2) and left == [0]
+    assert engine.generate([PROMPT], GREEDY, adapters=["writer"])[0].token_ids == before
+    assert not engine.llm_parked
