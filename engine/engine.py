@@ -34,6 +34,23 @@ from engine.tokenizer import IncrementalDetokenizer, Prompt, PromptEncoder
 
 log = logging.getLogger(__name__)
 RETURN_RETRY_S = 0.5  # a parked LLM that did not fit back on the GPU tries again this often
+PREFILL_BATCH_TOKENS = 2048  # prompts admitted together share one prefill forward up to this many tokens
+
+
+def prefill_groups(seqs: list[Sequence]) -> list[list[Sequence]]:
+    """Admitted prompts in batches for one prefill forward each: same adapter slot (one LoRA routing for every
+    token), at most PREFILL_BATCH_TOKENS tokens unless a single prompt is longer; admission order is kept."""
+    groups: list[list[Sequence]] = []
+    open_groups: dict[int, list[Sequence]] = {}
+    for seq in seqs:
+        group = open_groups.get(seq.lora_slot)
+        if group is None or sum(len(s.prompt_ids) for s in group) + len(seq.prompt_ids) > PREFILL_BATCH_TOKENS:
+            group = []
+            groups.append(group)
+            open_groups[seq.lora_slot] = group
+        group.append(seq)
+    return groups
+
 
 Sampling = SamplingParams | Seq[SamplingParams] | None
 
@@ -320,17 +337,27 @@ class Engine:
         return contextlib.nullcontext() if self._llm_stream is None else torch.cuda.stream(self._llm_stream)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        for seq in seqs:
-            try:
-                token = int(sample(self.runner.prefill(seq), [seq.sampler])[0])
-            except Exception as e:
-                log.exception("prefill of request %d failed", seq.request_id)
-                self._finish(seq, "error", f"prefill failed: {e}")
-                continue
+        for group in prefill_groups(seqs):
+            self._prefill_group(group)
+        self._stats.record("prefill", [s.request_id for s in seqs], [s.adapter for s in seqs], len(seqs))
+
+    def _prefill_group(self, group: list[Sequence]) -> None:
+        """One forward for the group; if it fails, each prompt again alone, so only a bad one ends in an error."""
+        try:
+            tokens = sample(self.runner.prefill(group), [s.sampler for s in group]).tolist()
+        except Exception as e:
+            if len(group) > 1:
+                log.warning("batched prefill of %d requests failed (%s); prefilling them one by one", len(group), e)
+                for seq in group:
+                    self._prefill_group([seq])
+                return
+            log.exception("prefill of request %d failed", group[0].request_id)
+            self._finish(group[0], "error", f"prefill failed: {e}")
+            return
+        for seq, token in zip(group, tokens, strict=True):
             seq.append(token, self.encoder.eos_ids)
             if seq.finish_reason:
                 self._finish(seq)
-        self._stats.record("prefill", [s.request_id for s in seqs], [s.adapter for s in seqs], len(seqs))
 
     def _decode(self) -> None:
         rows = [self.scheduler.running.get(i) for i in range(self.scheduler.decode_rows())]

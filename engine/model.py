@@ -18,18 +18,37 @@ from engine.rope import RotaryEmbedding
 
 @dataclass
 class ForwardMeta:
-    """What one forward pass needs besides the tokens. Prefill: one request; decode: rows 0..n-1 = slots,
+    """What one forward pass needs besides the tokens. Prefill: whole prompts one after another, prompt i
+    (prefill_lengths[i] tokens) fills cache slot prefill_slots[i] from position 0; decode: rows 0..n-1 = slots,
     row i attends to its cache positions 0..positions[i], all below kv_len (the CUDA graph's KV bucket)."""
 
     positions: torch.Tensor  # [T] int64
-    prefill_slot: int | None = None
+    prefill_slots: tuple[int, ...] = ()
+    prefill_lengths: tuple[int, ...] = ()
     kv_len: int = 0
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # prefill: cos, sin [T, 1, Dh]; decode: tables [P, Dh]
     lengths: torch.Tensor | None = None  # decode: [n] int32 = positions + 1, set by LlamaModel.forward
 
+    def __post_init__(self) -> None:
+        assert len(self.prefill_slots) == len(self.prefill_lengths), "one length per prefill slot"
+        assert sum(self.prefill_lengths) in (0, self.positions.shape[0]), "prefill lengths must cover the tokens"
+
+    @classmethod
+    def prefill(cls, slots: list[int], lengths: list[int], device: torch.device | str) -> ForwardMeta:
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(device)  # each prompt from position 0
+        return cls(positions, prefill_slots=tuple(slots), prefill_lengths=tuple(lengths))
+
     @property
     def is_prefill(self) -> bool:
-        return self.prefill_slot is not None
+        return bool(self.prefill_slots)
+
+    def last_rows(self) -> list[int]:
+        """Prefill: the row of each prompt's last token."""
+        ends, total = [], 0
+        for n in self.prefill_lengths:
+            total += n
+            ends.append(total - 1)
+        return ends
 
 
 class RMSNorm(nn.Module):
@@ -66,21 +85,28 @@ class Attention(nn.Module):
             q = RotaryEmbedding.apply(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, Dh]
             k = RotaryEmbedding.apply(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, Dh]
             v = v.view(t, self.num_kv_heads, self.head_dim)
-            s = meta.prefill_slot
-            k_cache[s, :, :t] = k.transpose(0, 1)
-            v_cache[s, :, :t] = v.transpose(0, 1)
-            out = F.scaled_dot_product_attention(
-                q.transpose(0, 1).unsqueeze(0),  # [1, H, T, Dh]
-                k.transpose(0, 1).unsqueeze(0),  # [1, Hkv, T, Dh]
-                v.transpose(0, 1).unsqueeze(0),
-                is_causal=True,
-                enable_gqa=True,
-            )[0].transpose(0, 1)  # [T, H, Dh]
+            out = torch.cat([self._prefill_attention(q_, k_, v_, slot, k_cache, v_cache) for q_, k_, v_, slot in
+                             zip(q.split(meta.prefill_lengths), k.split(meta.prefill_lengths),
+                                 v.split(meta.prefill_lengths), meta.prefill_slots, strict=True)])  # fmt: skip
         else:
             q = rope_kv_write(qkv, meta.positions, cos, sin, k_cache, v_cache, self.num_heads, self.num_kv_heads,
                               self.head_dim)  # fmt: skip
             out = decode_attention(q, k_cache, v_cache, meta.lengths, meta.kv_len)  # [n, H, Dh]
         return self.o(out.reshape(t, self.q_size))
+
+    @staticmethod
+    def _prefill_attention(q, k, v, slot: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        # one prompt: q [n, H, Dh], k/v [n, Hkv, Dh] -> [n, H, Dh], its keys and values written to `slot`
+        n = q.shape[0]
+        k_cache[slot, :, :n] = k.transpose(0, 1)
+        v_cache[slot, :, :n] = v.transpose(0, 1)
+        return F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0),  # [1, H, n, Dh]
+            k.transpose(0, 1).unsqueeze(0),  # [1, Hkv, n, Dh]
+            v.transpose(0, 1).unsqueeze(0),
+            is_causal=True,
+            enable_gqa=True,
+        )[0].transpose(0, 1)
 
 
 class MLP(nn.Module):
@@ -142,7 +168,7 @@ class LlamaModel(nn.Module):
         return held + [t for stack in stacks.values() for t in stack.tensors()]
 
     def forward(self, tokens: torch.Tensor, meta: ForwardMeta, cache: KVCache, last_only: bool) -> torch.Tensor:
-        # tokens: [T] -> logits [T or 1, V] in fp32
+        # tokens: [T] -> logits in fp32: [T, V], or with last_only one row per prompt [P, V]
         h, delta = self.embed[tokens], None  # [T, D]
         if meta.is_prefill:
             meta.rope = self.rope.lookup(meta.positions)
@@ -152,5 +178,6 @@ class LlamaModel(nn.Module):
         for layer, k_cache, v_cache in zip(self.layers, cache.k, cache.v, strict=True):
             h, delta = layer(h, delta, meta, k_cache, v_cache)
         if last_only:
-            h, delta = h[-1:], delta[-1:]
+            assert meta.is_prefill, "last_only picks each prompt's last token"
+            h, delta = h[meta.last_rows()], delta[meta.last_rows()]
         return (self.norm.add_forward(h, delta)[1] @ self.lm_head.t()).float()

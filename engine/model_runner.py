@@ -49,11 +49,13 @@ class ModelRunner:
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
 
     @torch.inference_mode()
-    def prefill(self, seq: Sequence) -> torch.Tensor:
-        # -> logits of the last prompt token: [1, V]
-        tokens = torch.tensor(seq.prompt_ids, device=self.device)
-        meta = ForwardMeta(positions=torch.arange(len(seq.prompt_ids), device=self.device), prefill_slot=seq.slot)
-        set_routing(LoraRouting(uniform_slot=seq.lora_slot) if seq.lora_slot >= 0 else None)
+    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        # prompts of one adapter slot (or none), in one forward -> logits of each prompt's last token: [n, V]
+        lora_slot = seqs[0].lora_slot
+        assert all(s.lora_slot == lora_slot for s in seqs), "one prefill batch routes every token to one slot"
+        tokens = torch.tensor([t for s in seqs for t in s.prompt_ids], device=self.device)
+        meta = ForwardMeta.prefill([s.slot for s in seqs], [len(s.prompt_ids) for s in seqs], self.device)
+        set_routing(LoraRouting(uniform_slot=lora_slot) if lora_slot >= 0 else None)
         try:
             return self.model(tokens, meta, self.cache, last_only=True)
         finally:

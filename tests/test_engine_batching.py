@@ -159,3 +159,42 @@ def test_footprint_counts_weights_cache_and_adapter_slots(engine, checkpoint):
     assert fp.kv_cache_bytes == engine.cache.nbytes() > 0
     assert fp.lora_slots_bytes == 0
     assert engine.generate([], GREEDY) == []
+
+
+def test_prefill_groups_share_an_adapter_slot_and_a_token_budget_in_admission_order(monkeypatch):
+    from types import SimpleNamespace
+
+    from engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PREFILL_BATCH_TOKENS", 10)
+    seqs = [SimpleNamespace(name=n, lora_slot=slot, prompt_ids=[0] * length)
+            for n, slot, length in [("a", -1, 4), ("b", 0, 3), ("c", -1, 5), ("d", -1, 2), ("e", 0, 12), ("f", 0, 1)]]  # fmt: skip
+    groups = [[s.name for s in g] for g in engine_module.prefill_groups(seqs)]
+    assert groups == [["a", "c"], ["b"], ["d"], ["e"], ["f"]]
+
+
+def test_prompts_admitted_together_are_prefilled_in_one_forward(engine, monkeypatch):
+    calls = []
+    real = engine.runner.prefill
+    monkeypatch.setattr(engine.runner, "prefill", lambda seqs: calls.append(len(seqs)) or real(seqs))
+    alone = [engine.generate([p], GREEDY)[0].token_ids for p in PROMPTS]
+    calls.clear()
+    assert [r.token_ids for r in engine.generate(PROMPTS, GREEDY)] == alone
+    assert calls == [4]
+
+
+def test_a_prompt_that_breaks_a_batched_prefill_fails_alone(engine, monkeypatch):
+    bad_token = 7
+    real = engine.runner.prefill
+
+    def prefill(seqs):
+        if any(s.prompt_ids[-1] == bad_token for s in seqs):
+            raise RuntimeError("simulated kernel failure")
+        return real(seqs)
+
+    monkeypatch.setattr(engine.runner, "prefill", prefill)
+    alone = engine.generate([PROMPTS[0]], GREEDY)[0].token_ids
+    results = engine.generate([PROMPTS[0], [1, 2, bad_token], PROMPTS[0]], GREEDY)
+    assert [r.finish_reason for r in results] == ["length", "error", "length"]
+    assert "simulated kernel failure" in results[1].error
+    assert results[0].token_ids == results[2].token_ids == alone

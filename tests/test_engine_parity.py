@@ -37,13 +37,39 @@ def test_prefill_and_decode_logits_match_transformers(checkpoint, quantization):
     torch.manual_seed(0)
     ids = torch.randint(0, a.vocab_size, (50,))
     with torch.no_grad():
-        ours = model(ids[:49], ForwardMeta(positions=torch.arange(49), prefill_slot=2), cache, last_only=False)
+        ours = model(ids[:49], ForwardMeta.prefill([2], [49], "cpu"), cache, last_only=False)
         expected = ref(ids[None]).logits[0]
         assert _rel(ours, expected[:49]) < TOLERANCE[quantization]
         # one decode step for slot 2 beside two idle rows
         positions = torch.tensor([0, 0, 49])
         step = model(torch.tensor([0, 0, int(ids[49])]), ForwardMeta(positions, kv_len=64), cache, False)
     assert _rel(step[2], expected[49]) < TOLERANCE[quantization]
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_prompts_prefilled_in_one_forward_match_transformers_one_by_one(checkpoint, quantization):
+    model = load_model(checkpoint, torch.device("cpu"), torch.float32, quantization, 128, triton_rows=range(0))
+    ref = reference_model(checkpoint, nf4=quantization == "nf4")
+    a = model.args
+    cache = KVCache(a.num_layers, 3, a.num_kv_heads, 128, a.head_dim, "cpu", torch.float32)
+    torch.manual_seed(1)
+    lengths, slots = [7, 19, 12], [2, 0, 1]
+    prompts = [torch.randint(0, a.vocab_size, (n + 1,)) for n in lengths]  # + the token of one decode step
+    tokens = torch.cat([p[:n] for p, n in zip(prompts, lengths, strict=True)])
+    with torch.no_grad():
+        expected = [ref(p[None]).logits[0] for p in prompts]
+        ours = model(tokens, ForwardMeta.prefill(slots, lengths, "cpu"), cache, last_only=False)
+        for rows, want, n in zip(ours.split(lengths), expected, lengths, strict=True):
+            assert _rel(rows, want[:n]) < TOLERANCE[quantization]
+        last = model(tokens, ForwardMeta.prefill(slots, lengths, "cpu"), cache, last_only=True)  # [3, V]
+        assert _rel(last, ours[[6, 25, 37]]) < 1e-5
+        # one decode step per slot reads what the batched prefill wrote to that slot's cache
+        positions, step_tokens = torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+        for slot, p, n in zip(slots, prompts, lengths, strict=True):
+            positions[slot], step_tokens[slot] = n, p[n]
+        step = model(step_tokens, ForwardMeta(positions, kv_len=64), cache, False)
+    for slot, want, n in zip(slots, expected, lengths, strict=True):
+        assert _rel(step[slot], want[n]) < TOLERANCE[quantization]
 
 
 def test_sharded_checkpoint_loads_the_same_model(tmp_path):
@@ -57,7 +83,7 @@ def test_sharded_checkpoint_loads_the_same_model(tmp_path):
         a = model.args
         cache = KVCache(a.num_layers, 1, a.num_kv_heads, 64, a.head_dim, "cpu", torch.float32)
         with torch.no_grad():
-            out.append(model(ids, ForwardMeta(torch.arange(20), prefill_slot=0), cache, last_only=True))
+            out.append(model(ids, ForwardMeta.prefill([0], [20], "cpu"), cache, last_only=True))
     assert torch.equal(out[0], out[1])
 
 

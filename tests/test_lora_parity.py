@@ -55,7 +55,7 @@ def test_mixed_batch_logits_match_peft_per_row(setup, quantization):
         cache = KVCache(a.num_layers, len(names), a.num_kv_heads, 64, a.head_dim, "cpu", torch.float32)
         for row, slot in enumerate(slots):  # prefill each row with its adapter (uniform routing)
             set_routing(LoraRouting(uniform_slot=slot) if slot >= 0 else None)
-            out = model(ids[row, :11], ForwardMeta(torch.arange(11), prefill_slot=row), cache, last_only=False)
+            out = model(ids[row, :11], ForwardMeta.prefill([row], [11], "cpu"), cache, last_only=False)
             assert ((out - expected[row, :11]).norm() / expected[row, :11].norm()) < TOLERANCE
         # then one decode step for all rows together, each with its own adapter (per-token routing)
         set_routing(LoraRouting(token_slots=torch.tensor(slots, dtype=torch.int32)))
