@@ -25,6 +25,7 @@ class EngineConfig:
     max_queue: int = 256
     cuda_graphs: bool = True
     kernels: Literal["auto", "bitsandbytes", "triton"] = "auto"  # NF4 matmul; see engine.quant.linear.TRITON_ROWS
+    render_sm_share: float | None = None  # CUDA: renders run on this share of the SMs (engine/job_stream.py)
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -48,6 +49,10 @@ class EngineConfig:
             raise ValueError(f"max_seq_len: must be >= 2, got {self.max_seq_len}")
         if self.kernels not in KERNELS:
             raise ValueError(f"kernels: '{self.kernels}' is not one of {', '.join(KERNELS)}")
+        if self.render_sm_share is not None and not 0 < self.render_sm_share < 1:
+            raise ValueError(
+                f"render_sm_share: must be between 0 and 1 (exclusive) or None, got {self.render_sm_share}"
+            )
 
 
 @dataclass(frozen=True)

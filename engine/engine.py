@@ -19,6 +19,7 @@ from engine.config import EngineConfig, ModelFootprint, SamplingParams
 from engine.device import compute_dtype, kernels_available, resolve_device
 from engine.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from engine.handle import GenerationResult, RequestHandle
+from engine.job_stream import JobStream
 from engine.kv_cache import KVCache
 from engine.loader import load_model
 from engine.lora.registry import AdapterRegistry
@@ -92,13 +93,15 @@ class Engine:
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self._ids = itertools.count(1)
         # On CUDA the LLM runs on a high-priority stream and jobs (renders) on a normal one: when both have work,
-        # the GPU schedules decode blocks first, so a render slows the story down as little as possible.
-        self._llm_stream = self._job_stream = None
+        # the GPU schedules decode blocks first, so a render slows the story down as little as possible. With
+        # config.render_sm_share, jobs are also confined to that share of the SMs (engine/job_stream.py).
+        self._llm_stream: torch.cuda.Stream | None = None
+        self._jobs_on: JobStream | None = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # weights and caches were written on the loading thread's stream
             _, highest = torch.cuda.Stream.priority_range()
             self._llm_stream = torch.cuda.Stream(self.device, priority=highest)
-            self._job_stream = torch.cuda.Stream(self.device)
+            self._jobs_on = JobStream(self.device, config.render_sm_share)
         self._parked: ParkedTensors | None = None  # the LLM's tensors are in CPU RAM (drawing, or not back yet)
         self._drawing_parked = False
         self._failed_returns = 0
@@ -187,6 +190,19 @@ class Engine:
             self._cv.notify()
         return future
 
+    def set_render_sm_share(self, share: float | None) -> Future:
+        """Confine renders to this share of the SMs from the next job on (None: all SMs); see
+        engine/job_stream.py. The future says when it applies (between jobs, on the engine thread)."""
+        if share is not None and not 0 < share < 1:
+            raise InvalidRequestError(f"render_sm_share: must be between 0 and 1 (exclusive) or None, got {share}")
+        self.config.render_sm_share = share
+
+        def apply() -> None:
+            if self._jobs_on is not None:
+                self._jobs_on = JobStream(self.device, share)
+
+        return self.run_on_engine_thread(apply)
+
     @property
     def llm_parked(self) -> bool:
         """True while the LLM waits in CPU RAM: drawing under the swap plan, or not back on the GPU yet."""
@@ -240,9 +256,9 @@ class Engine:
         if self._parked is not None:
             return
         job_done = None
-        if self._job_stream is not None:
+        if self._jobs_on is not None:
             job_done = torch.cuda.Event()
-            job_done.record(self._job_stream)
+            job_done.record(self._jobs_on.stream)
         with self._engine_stream():
             while True:
                 self._absorb_incoming()
@@ -323,12 +339,12 @@ class Engine:
         if not future.set_running_or_notify_cancel():
             return
         try:
-            if self._job_stream is None:
+            if self._jobs_on is None:
                 result = fn()
             else:
-                with torch.cuda.stream(self._job_stream):
+                with torch.cuda.stream(self._jobs_on.stream):
                     result = fn()
-                self._job_stream.synchronize()
+                self._jobs_on.stream.synchronize()
             future.set_result(result)
         except BaseException as e:  # handed to the caller through the future
             future.set_exception(e)

@@ -23,6 +23,12 @@ def checkpoint(tmp_path_factory):
     return make_llama(tmp_path_factory.mktemp("llama"))
 
 
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    with Engine(EngineConfig(model=checkpoint, quantization="none", max_batch_size=2, max_seq_len=64)) as eng:
+        yield eng
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -41,6 +47,22 @@ def test_bad_sampling_values_name_the_field(kwargs, field):
 def test_unknown_device_is_refused(checkpoint):
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         EngineConfig(model=checkpoint, device="tpu")
+
+
+@pytest.mark.parametrize("share", [0, 1, 1.5, -0.2])
+def test_render_sm_share_outside_zero_to_one_is_refused(checkpoint, engine, share):
+    with pytest.raises(ValueError, match="render_sm_share: must be between 0 and 1"):
+        EngineConfig(model=checkpoint, render_sm_share=share)
+    with pytest.raises(InvalidRequestError, match="render_sm_share: must be between 0 and 1"):
+        engine.set_render_sm_share(share)
+    assert engine.config.render_sm_share is None
+
+
+def test_render_sm_share_applies_between_jobs(engine):
+    engine.set_render_sm_share(0.75).result(timeout=30)
+    assert engine.config.render_sm_share == 0.75
+    engine.set_render_sm_share(None).result(timeout=30)
+    assert engine.config.render_sm_share is None
 
 
 def test_unknown_kernels_choice_is_refused(checkpoint):
