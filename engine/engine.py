@@ -243,6 +243,9 @@ class Engine:
                     "the LLM does not fit back on the GPU yet (%s); text generation waits and tries again",
                     str(exc).splitlines()[0])  # fmt: skip
             return False
+        for t in self.model.device_tensors():  # adapter slots made while it was out were made beside it, on the CPU
+            if t.device != self.device:
+                t.data = t.detach().to(self.device)
         if self._failed_returns:
             log.info("the LLM is back on the GPU after %d tries", self._failed_returns + 1)
         self._parked, self._failed_returns = None, 0
@@ -286,7 +289,7 @@ class Engine:
     # ---- engine thread -----------------------------------------------------------------------------------------
 
     def step(self) -> None:
-        if self._parked is not None and not self._return_llm():
+        if self._parked is not None and not self._return_llm():  # jobs still run; LLM steps wait for it
             time.sleep(RETURN_RETRY_S)
             return
         self._reap_cancelled()

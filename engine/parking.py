@@ -32,8 +32,15 @@ class ParkedTensors:
         assert len(storages) == len(set(storages)), "views sharing storage would come back as separate copies"
         self._devices = [t.device for t in self._tensors]
         self.nbytes = sum(t.numel() * t.element_size() for t in self._tensors)
-        for t in self._tensors:
-            t.data = copied_to(t, torch.device("cpu"))
+        moved = 0
+        try:
+            for t in self._tensors:
+                t.data = copied_to(t, torch.device("cpu"))
+                moved += 1
+        except BaseException:  # e.g. CPU RAM ran out: put back what moved, so nothing is left half parked
+            for t, device in zip(self._tensors[:moved], self._devices, strict=False):
+                t.data = copied_to(t, device)
+            raise
         self._restored = 0  # tensors 0.._restored-1 are back
         self.parked = True
 
