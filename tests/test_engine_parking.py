@@ -133,3 +133,21 @@ def test_an_llm_that_does_not_fit_back_waits_and_returns_before_the_next_step(en
     assert still_parked is (failures == 2) and left == [0]
     assert engine.generate([PROMPT], GREEDY, adapters=["writer"])[0].token_ids == before
     assert not engine.llm_parked
+
+
+def test_a_park_that_runs_out_of_ram_half_way_puts_everything_back(monkeypatch):
+    tensors = [torch.randn(4) for _ in range(5)]
+    values = [t.clone() for t in tensors]
+    real, calls = parking.copied_to, [0]
+
+    def copied_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise MemoryError("simulated: CPU RAM is full")
+        return real(t, device)
+
+    monkeypatch.setattr(parking, "copied_to", copied_to)
+    with pytest.raises(MemoryError, match="CPU RAM"):
+        ParkedTensors(tensors)
+    assert calls[0] == 5  # two moved out, the third failed, the two went back
+    assert all(torch.equal(t, v) for t, v in zip(tensors, values, strict=True))
