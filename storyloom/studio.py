@@ -91,6 +91,7 @@ class StudioStatus:
     vram_used_bytes: int = 0
     llm_bytes: int = 0
     sdxl_bytes: int = 0
+    llm_parked: bool = False  # the LLM waits in CPU RAM while SDXL draws ("swap llm while drawing")
     plan_name: str = ""
     plan_estimate_bytes: int = 0
     plan_notes: tuple[str, ...] = ()
@@ -408,6 +409,7 @@ class Studio:
             vram_used_bytes=vram_used,
             llm_bytes=self._model_bytes[0],
             sdxl_bytes=self._model_bytes[1],
+            llm_parked=engine.llm_parked,
             plan_name=plan.name if plan is not None else "",
             plan_estimate_bytes=plan.estimated_peak_bytes if plan is not None else 0,
             plan_notes=tuple(plan.notes) if plan is not None else (),

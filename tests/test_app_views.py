@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -87,6 +88,9 @@ def test_status_bar_shows_device_vram_speed_and_queue(qtbot):
     assert bar.speed_label.text() == "41.2 tok/s"
     assert bar.queue_label.text() == "3 queued"
     assert "Meta-Llama-3-8B-Instruct" in bar.state_label.text()
+    bar.show_status(replace(status, llm_parked=True, vram_used_bytes=4 * GIB))  # drawing under the swap plan
+    assert bar.vram_bar.describe() == "4.0 GiB of 12.0 GiB used — LLM 0 KiB, SDXL 2.0 GiB, other 2.0 GiB"
+    assert "the LLM waits in RAM" in bar.state_label.text()
     bar.show_status(StudioStatus(ready=False, demo=True, error="LLM folder /x: does not exist"))
     assert bar.state_label.text() == "Models failed to load: LLM folder /x: does not exist"
 

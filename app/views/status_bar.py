@@ -95,12 +95,15 @@ class StudioStatusBar(QStatusBar):
             state = ("Demo models" if status.demo else "Ready") + (f" — {models}" if models else "")
             if status.api_url:
                 state += f" · API {status.api_url}"
+            if status.llm_parked:
+                state += " · the LLM waits in RAM while the picture is drawn"
         else:
             state = "Not loaded"
         self.state_label.setText(state)
         self.state_label.setToolTip(state)
         self.device_label.setText(status.device_name or "—")
-        self.vram_bar.set_usage(status.vram_total_bytes, status.vram_used_bytes, status.llm_bytes, status.sdxl_bytes)
+        llm_on_gpu = 0 if status.llm_parked else status.llm_bytes
+        self.vram_bar.set_usage(status.vram_total_bytes, status.vram_used_bytes, llm_on_gpu, status.sdxl_bytes)
         if status.vram_total_bytes > 0:
             self.vram_label.setText(f"{format_bytes(status.vram_used_bytes)} / {format_bytes(status.vram_total_bytes)}")
         else:
