@@ -243,9 +243,6 @@ class Engine:
                     "the LLM does not fit back on the GPU yet (%s); text generation waits and tries again",
                     str(exc).splitlines()[0])  # fmt: skip
             return False
-        for t in self.model.device_tensors():  # adapter slots made while it was out were made beside it, on the CPU
-            if t.device != self.device:
-                t.data = t.detach().to(self.device)
         if self._failed_returns:
             log.info("the LLM is back on the GPU after %d tries", self._failed_returns + 1)
         self._parked, self._failed_returns = None, 0

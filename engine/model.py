@@ -179,5 +179,6 @@ class LlamaModel(nn.Module):
             h, delta = layer(h, delta, meta, k_cache, v_cache)
         if last_only:
             assert meta.is_prefill, "last_only picks each prompt's last token"
-            h, delta = h[meta.last_rows()], delta[meta.last_rows()]
+            rows = meta.last_rows()
+            h, delta = h[rows], delta[rows]
         return (self.norm.add_forward(h, delta)[1] @ self.lm_head.t()).float()

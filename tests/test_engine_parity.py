@@ -28,12 +28,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("quantization", ["none", "nf4"])
-def test_prefill_and_decode_logits_match_transformers(checkpoint, quantization):
+def _ours_and_reference(checkpoint, quantization: str) -> tuple:
+    """Our model on the CPU in fp32 with a 3-slot cache of 128 positions, and transformers' model of it."""
     model = load_model(checkpoint, torch.device("cpu"), torch.float32, quantization, 128, triton_rows=range(0))
-    ref = reference_model(checkpoint, nf4=quantization == "nf4")
     a = model.args
     cache = KVCache(a.num_layers, 3, a.num_kv_heads, 128, a.head_dim, "cpu", torch.float32)
+    return model, reference_model(checkpoint, nf4=quantization == "nf4"), cache
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_prefill_and_decode_logits_match_transformers(checkpoint, quantization):
+    model, ref, cache = _ours_and_reference(checkpoint, quantization)
+    a = model.args
     torch.manual_seed(0)
     ids = torch.randint(0, a.vocab_size, (50,))
     with torch.no_grad():
@@ -48,10 +54,8 @@ def test_prefill_and_decode_logits_match_transformers(checkpoint, quantization):
 
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
 def test_prompts_prefilled_in_one_forward_match_transformers_one_by_one(checkpoint, quantization):
-    model = load_model(checkpoint, torch.device("cpu"), torch.float32, quantization, 128, triton_rows=range(0))
-    ref = reference_model(checkpoint, nf4=quantization == "nf4")
+    model, ref, cache = _ours_and_reference(checkpoint, quantization)
     a = model.args
-    cache = KVCache(a.num_layers, 3, a.num_kv_heads, 128, a.head_dim, "cpu", torch.float32)
     torch.manual_seed(1)
     lengths, slots = [7, 19, 12], [2, 0, 1]
     prompts = [torch.randint(0, a.vocab_size, (n + 1,)) for n in lengths]  # + the token of one decode step

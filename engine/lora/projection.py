@@ -27,12 +27,13 @@ class Projection(nn.Module):
     def part_index(self, module: str) -> int:
         return list(self.parts).index(module)
 
-    def ensure_lora(self, num_slots: int, max_rank: int, use_kernels: bool) -> LoraStack:
+    def ensure_lora(self, num_slots: int, max_rank: int, use_kernels: bool, device: torch.device) -> LoraStack:
+        # device: the engine's, even while the base weights wait in CPU RAM (Engine.parked)
         if self.lora is None:
             w = next(iter(self.base.buffers()))
             dtype = getattr(self.base, "compute_dtype", w.dtype)
             parts = list(self.parts.values())
-            self.lora = LoraStack(num_slots, max_rank, self.base.in_features, parts, w.device, dtype, use_kernels)
+            self.lora = LoraStack(num_slots, max_rank, self.base.in_features, parts, device, dtype, use_kernels)
         return self.lora
 
     def lora_nbytes(self) -> int:

@@ -48,6 +48,7 @@ class AdapterRegistry:
         self._num_slots = config.max_loras
         self._max_rank = config.max_lora_rank
         self._max_cpu = config.max_cpu_loras
+        self._device = device
         self._dtype = dtype
         self._use_kernels = use_kernels
         self._run_on_engine = run_on_engine
@@ -192,7 +193,7 @@ class AdapterRegistry:
             )
         for proj in self._unique:
             if id(proj) in per_projection:
-                proj.ensure_lora(self._num_slots, self._max_rank, self._use_kernels).write(
+                proj.ensure_lora(self._num_slots, self._max_rank, self._use_kernels, self._device).write(
                     slot, per_projection[id(proj)]
                 )
         entry.slot = slot
