@@ -46,7 +46,7 @@ class ModelRunner:
         self.kv_block = 256 if device.type == "cuda" else 64
         self.lora_version = lora_version
         self._graphs: dict[tuple, DecodeGraph] = {}
-        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._pool: tuple[int, int] | None = None  # the graphs' shared memory pool; a fresh one once none is left
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -122,6 +122,8 @@ class ModelRunner:
             for _ in range(2):
                 self._decode_forward(tokens, positions, slots, kv_len)
         torch.cuda.current_stream().wait_stream(stream)
+        if not self._graphs:  # a pool whose graphs are all gone cannot take a new capture (allocator assert)
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             logits = self._decode_forward(tokens, positions, slots, kv_len)

@@ -69,10 +69,11 @@ def test_a_park_moves_every_held_tensor_and_generation_is_unchanged_after(engine
             moved = [t.data_ptr() != p for t, p in zip(_held(engine), pointers, strict=True)]
         return moved
 
-    moved = engine.run_on_engine_thread(park).result(timeout=60)
-    assert len(moved) > 20 and all(moved)
-    after = [r.token_ids for r in engine.generate([PROMPT, PROMPT], GREEDY, adapters=[None, "writer"])]
-    assert after == before
+    for _ in range(2):  # on CUDA the second return re-captures decode graphs after all of them were dropped
+        moved = engine.run_on_engine_thread(park).result(timeout=60)
+        assert len(moved) > 20 and all(moved)
+        after = [r.token_ids for r in engine.generate([PROMPT, PROMPT], GREEDY, adapters=[None, "writer"])]
+        assert after == before
 
 
 def test_a_running_request_waits_while_parked_and_finishes_as_if_never_parked(engine):

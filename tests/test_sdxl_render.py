@@ -16,6 +16,7 @@ from diffusers import (
 
 from engine.errors import RenderCancelledError
 from engine.sdxl import RenderOutOfMemoryError, RenderParams, SDXLRenderer
+from engine.sdxl.placement import apply_placement
 from engine.sdxl.renderer import NO_LLM
 from engine.vram import GpuMemory, plan_vram
 from storyloom.demo.tiny_sdxl import build_tiny_sdxl
@@ -175,9 +176,10 @@ def test_broken_fp16_decode_is_decoded_again_in_fp32(renderer, monkeypatch, capl
     vae.to(torch.float16)
     monkeypatch.setattr(vae, "decode", decode)
     try:
-        with caplog.at_level(logging.WARNING, logger="engine.sdxl.decode"):
-            res = renderer.render(params)
+        with caplog.at_level(logging.WARNING, logger="engine.sdxl.decode"), torch.inference_mode():
+            res = renderer.render(params)  # in inference mode, as on the engine thread
         assert vae.dtype == torch.float16  # put back after the fp32 decode
+        assert _inference_tensors(renderer.pipeline) == []
     finally:
         vae.to(torch.float32)
         vae.load_state_dict(saved)
@@ -186,6 +188,24 @@ def test_broken_fp16_decode_is_decoded_again_in_fp32(renderer, monkeypatch, capl
     assert any("decoded again in fp32" in w for w in res.warnings)
     assert "decoding again in float32" in caplog.text
     assert np.abs(_pixels(res) - expected).mean() < 2  # the same picture, from fp16-rounded VAE weights
+
+
+def _inference_tensors(pipe: StableDiffusionXLPipeline) -> list[str]:
+    modules = {name: c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+    return [f"{name}.{key}" for name, m in modules.items() for key, t in m.state_dict().items() if t.is_inference()]
+
+
+def test_placing_on_the_engine_thread_leaves_weights_that_offload_hooks_can_move_later(folder):
+    """The engine thread runs in inference mode; weights the renderer moves there must stay ordinary tensors, or
+    accelerate's hooks fail when a later placement (on any thread) takes them off."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float16, local_files_only=True)
+    with torch.inference_mode():
+        r = SDXLRenderer.from_pipeline(pipe, model_id="tiny", device="cpu")  # "cpu only": cast to float32
+    assert r.pipeline.unet.dtype == torch.float32
+    assert _inference_tensors(r.pipeline) == []
+    apply_placement(r.pipeline, "sequential_offload", "cpu")
+    apply_placement(r.pipeline, "model_offload", "cpu")
+    assert r.render(RenderParams("a mill", seed=8, **SMALL)).image.size == (512, 512)
 
 
 def test_long_prompt_warns_with_the_cut_off_text(renderer, caplog):

@@ -22,7 +22,6 @@ def _decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
 
 
-@torch.inference_mode()
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """(image, whether it had to be decoded again in float32)."""
     image = _decode(vae, latents)

@@ -35,6 +35,13 @@ PREVIEW_EVERY = 5
 STILL_WEIGHTS = ("gpu", "cpu")  # placements without offload hooks: the UNet's weights stay put while drawing
 
 
+def _grad_free(fn: Callable) -> Callable:
+    """Places and draws with gradients off but inference mode off too, on any thread (the engine thread runs in
+    inference mode). Weights moved in inference mode become inference tensors, and accelerate's offload hooks,
+    re-wrapping them as Parameters on a later placement outside inference mode, then fail."""
+    return torch.inference_mode(False)(torch.no_grad()(fn))
+
+
 def resolve_device(device: str) -> str:
     """Map "auto" to "cuda:0" when CUDA is available (else "cpu") and "cuda" to "cuda:0"."""
     device = str(device)
@@ -133,6 +140,7 @@ class SDXLRenderer:
         self._graphed.release()
         release_memory(self._pipe)
 
+    @_grad_free
     def apply_plan(self, plan: VramPlan) -> None:
         """Place SDXL as `plan` says; out of memory while placing drops to the next lower placement.
 
@@ -168,6 +176,7 @@ class SDXLRenderer:
         """CLIP tokens of `prompt` without the start/end markers; SDXL reads the first 75."""
         return len(prompt_token_ids(self._pipe.tokenizer, prompt))
 
+    @_grad_free
     def render(
         self,
         params: RenderParams,
