@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ def test_all_sms_without_a_share():
 
 
 def test_a_share_runs_on_a_green_context_or_says_why_not(caplog):
+    caplog.set_level(logging.INFO, logger="engine.job_stream")
     jobs = JobStream(DEVICE, 0.5)
     expected = "SMs stay free" if jobs.green_context is not None else "no CUDA green contexts"
     assert expected in caplog.text
