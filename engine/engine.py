@@ -39,17 +39,17 @@ PREFILL_BATCH_TOKENS = 2048  # prompts admitted together share one prefill forwa
 
 
 def prefill_groups(seqs: list[Sequence]) -> list[list[Sequence]]:
-    """Admitted prompts in batches for one prefill forward each: same adapter slot (one LoRA routing for every
-    token), at most PREFILL_BATCH_TOKENS tokens unless a single prompt is longer; admission order is kept."""
+    """Admitted prompts in batches for one prefill forward each, whatever their adapters: at most
+    PREFILL_BATCH_TOKENS tokens unless a single prompt is longer; admission order is kept."""
     groups: list[list[Sequence]] = []
-    open_groups: dict[int, list[Sequence]] = {}
+    tokens = 0
     for seq in seqs:
-        group = open_groups.get(seq.lora_slot)
-        if group is None or sum(len(s.prompt_ids) for s in group) + len(seq.prompt_ids) > PREFILL_BATCH_TOKENS:
-            group = []
-            groups.append(group)
-            open_groups[seq.lora_slot] = group
-        group.append(seq)
+        n = len(seq.prompt_ids)
+        if not groups or tokens + n > PREFILL_BATCH_TOKENS:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(seq)
+        tokens += n
     return groups
 
 

@@ -50,12 +50,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        # prompts of one adapter slot (or none), in one forward -> logits of each prompt's last token: [n, V]
-        lora_slot = seqs[0].lora_slot
-        assert all(s.lora_slot == lora_slot for s in seqs), "one prefill batch routes every token to one slot"
+        # prompts, each with its own adapter slot (or none), in one forward -> each prompt's last logits: [n, V]
         tokens = torch.tensor([t for s in seqs for t in s.prompt_ids], device=self.device)
-        meta = ForwardMeta.prefill([s.slot for s in seqs], [len(s.prompt_ids) for s in seqs], self.device)
-        set_routing(LoraRouting(uniform_slot=lora_slot) if lora_slot >= 0 else None)
+        lengths = [len(s.prompt_ids) for s in seqs]
+        meta = ForwardMeta.prefill([s.slot for s in seqs], lengths, self.device)
+        set_routing(LoraRouting.of_runs([s.lora_slot for s in seqs], lengths))
         try:
             return self.model(tokens, meta, self.cache, last_only=True)
         finally:

@@ -161,16 +161,16 @@ def test_footprint_counts_weights_cache_and_adapter_slots(engine, checkpoint):
     assert engine.generate([], GREEDY) == []
 
 
-def test_prefill_groups_share_an_adapter_slot_and_a_token_budget_in_admission_order(monkeypatch):
+def test_prefill_groups_keep_a_token_budget_in_admission_order_whatever_the_adapters(monkeypatch):
     from types import SimpleNamespace
 
     from engine import engine as engine_module
 
     monkeypatch.setattr(engine_module, "PREFILL_BATCH_TOKENS", 10)
     seqs = [SimpleNamespace(name=n, lora_slot=slot, prompt_ids=[0] * length)
-            for n, slot, length in [("a", -1, 4), ("b", 0, 3), ("c", -1, 5), ("d", -1, 2), ("e", 0, 12), ("f", 0, 1)]]  # fmt: skip
+            for n, slot, length in [("a", -1, 4), ("b", 0, 3), ("c", -1, 5), ("d", 1, 2), ("e", 0, 12), ("f", 0, 1)]]  # fmt: skip
     groups = [[s.name for s in g] for g in engine_module.prefill_groups(seqs)]
-    assert groups == [["a", "c"], ["b"], ["d"], ["e"], ["f"]]
+    assert groups == [["a", "b"], ["c", "d"], ["e"], ["f"]]
 
 
 def test_prompts_admitted_together_are_prefilled_in_one_forward(engine, monkeypatch):

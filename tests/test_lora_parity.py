@@ -53,10 +53,13 @@ def test_mixed_batch_logits_match_peft_per_row(setup, quantization):
     with torch.no_grad():
         expected = ref(ids, adapter_names=[n or "__base__" for n in names]).logits  # [B, T, V]
         cache = KVCache(a.num_layers, len(names), a.num_kv_heads, 64, a.head_dim, "cpu", torch.float32)
-        for row, slot in enumerate(slots):  # prefill each row with its adapter (uniform routing)
-            set_routing(LoraRouting(uniform_slot=slot) if slot >= 0 else None)
-            out = model(ids[row, :11], ForwardMeta.prefill([row], [11], "cpu"), cache, last_only=False)
-            assert ((out - expected[row, :11]).norm() / expected[row, :11].norm()) < TOLERANCE
+        # every row's prompt in one forward, each with its adapter (runs of tokens on one slot)
+        rows = list(range(len(names)))
+        set_routing(LoraRouting.of_runs(slots, [11] * len(names)))
+        out = model(ids[:, :11].reshape(-1), ForwardMeta.prefill(rows, [11] * len(names), "cpu"), cache, False)
+        for row in rows:
+            got, want = out[row * 11 : (row + 1) * 11], expected[row, :11]
+            assert ((got - want).norm() / want.norm()) < TOLERANCE, row
         # then one decode step for all rows together, each with its own adapter (per-token routing)
         set_routing(LoraRouting(token_slots=torch.tensor(slots, dtype=torch.int32)))
         positions = torch.full((len(names),), 11)
@@ -77,7 +80,11 @@ def test_greedy_mixed_batch_equals_peft_and_base_row_equals_base(setup):
         for name, path in adapters.items():
             eng.adapters.load(name, path)
         names = [None, *adapters]
+        forwards = []
+        real = eng.runner.prefill
+        eng.runner.prefill = lambda seqs: forwards.append(len(seqs)) or real(seqs)
         results = eng.fan_out(prompt, greedy, adapters=names)
+        assert forwards == [len(names)]  # every prompt in one prefill forward, whatever its adapter
         ids = eng.encoder.encode(prompt)
         base_alone = eng.generate([prompt], greedy)[0].token_ids
         stats = eng.stats()

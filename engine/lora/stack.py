@@ -65,20 +65,27 @@ class LoraStack:
 
     def add_to(self, x: torch.Tensor, y: torch.Tensor, routing: LoraRouting) -> None:
         # x: [T, K]; y: [T, N] projection output, updated in place
-        if routing.uniform_slot is not None:
-            s = routing.uniform_slot
-            r = self.rank_of_slot[s]
-            if r == 0:
-                return
-            for g, (start, width) in enumerate(self.parts):
-                h = x @ self.a[s, g * self.max_rank : g * self.max_rank + r].t()  # [T, r]
-                y[:, start : start + width] += h @ self.b[s, start : start + width, :r].t()
+        if routing.runs:
+            first = 0
+            for s, n in routing.runs:
+                if s >= 0:
+                    self._add_dense(x[first : first + n], y[first : first + n], s)
+                first += n
             return
         assert routing.token_slots is not None
         if self.use_kernels:
             lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
             return
         self._add_gathered(x, y, routing.token_slots)
+
+    def _add_dense(self, x: torch.Tensor, y: torch.Tensor, s: int) -> None:
+        # every row on slot s: x [n, K], y [n, N] updated in place
+        r = self.rank_of_slot[s]
+        if r == 0:
+            return
+        for g, (start, width) in enumerate(self.parts):
+            h = x @ self.a[s, g * self.max_rank : g * self.max_rank + r].t()  # [n, r]
+            y[:, start : start + width] += h @ self.b[s, start : start + width, :r].t()
 
     def _add_gathered(self, x: torch.Tensor, y: torch.Tensor, slots: torch.Tensor) -> None:
         """Reference path (CPU): gather each row's slot, trimmed to the largest rank resident; padding is zero."""
