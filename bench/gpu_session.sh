@@ -4,6 +4,8 @@
 #   bash bench/gpu_session.sh sdxl      # bench_sdxl: graphed/eager/diffusers, plans, capped cards with the 8B engine
 #   bash bench/gpu_session.sh kernels   # bench_kernels --check, sweep at M = 1, 8, 32, 64, --bench
 # BENCH_COMMIT names the commit in the reports (the device copy has no .git).
+# A bare GPU image with torch/transformers/peft needs these too (wheels, installed with --no-deps): bitsandbytes,
+# diffusers, importlib_metadata, zipp, tomli_w, platformdirs, and pytest with pluggy, iniconfig, packaging.
 set -uo pipefail
 stage=${1:?usage: gpu_session.sh engine|sdxl|kernels}
 out=${OUT:-out}/$stage
