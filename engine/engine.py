@@ -248,10 +248,12 @@ class Engine:
         self._parked, self._failed_returns = None, 0
         return True
 
+    @torch.inference_mode()
     def step_between(self) -> None:
         """Called by long jobs on the engine thread (e.g. after each denoising step is queued) so LLM requests
         keep moving. On CUDA, jobs run on their own stream: LLM steps run on the engine's stream until the job's
-        queued GPU work is done, so both models compute at the same time."""
+        queued GPU work is done, so both models compute at the same time. In inference mode like the engine loop,
+        whatever mode the job is in (the SDXL renderer turns it off)."""
         assert threading.current_thread() is self._thread, "step_between runs on the engine thread only"
         if self._parked is not None:
             return
