@@ -39,6 +39,8 @@ CONFIGS = [
     Nf4Config(block_n=32, block_k=64, split_k=2, swap_ab=True, lookup=4),
     Nf4Config(block_n=16, block_k=64, swap_ab=True, lookup=4, num_warps=2),
     Nf4Config(block_m=64, block_n=32, block_k=64, split_k=2, swap_ab=True, lookup=4, num_warps=2),
+    Nf4Config(block_n=32, block_k=128, split_k=2, swap_ab=True, lookup=4, num_warps=2),  # 2 absmax blocks a step
+    Nf4Config(block_n=16, block_k=256, swap_ab=True, lookup=4, num_warps=2),
     Nf4Config(block_m=1, block_n=16, block_k=128, split_k=2, use_dot=False),
     Nf4Config(block_m=1, block_n=8, block_k=64, use_dot=False, split_k=4),
 ]

@@ -63,6 +63,7 @@ def _pair_table_dot(block_k: int) -> Nf4Config:
 # (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` (docs/KERNELS.md, run 4 on an H200):
 # the register-table tile won every shape at M = 1 and M = 8; its swapped tile pads the batch to 16 columns,
 # so its time does not depend on M and M = 1..16 share it. Llama-3-8B: fused qkv, o, fused gate_up, down.
+TUNED_BLOCKSIZE = 64  # the absmax block size the table was measured with (bitsandbytes' default)
 TUNED: dict[tuple[int, int, int], Nf4Config] = {
     **{(6144, 4096, m): _lut(8) for m in (1, 2, 4, 8, 16)},
     **{(4096, 4096, m): _lut(8) for m in (1, 2, 4, 8, 16)},
@@ -76,7 +77,7 @@ def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int) -> Nf4Conf
     blocks other than 64, the byte-pair-table tile) with a split-K that fills the GPU, or a plain tiled
     GEMM for large M."""
     tuned = TUNED.get((n, k, m_bucket(m)))
-    if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and tuned.block_k == blocksize:
+    if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and blocksize == TUNED_BLOCKSIZE:
         return tuned
     if m > MAX_SMALL_M:
         block_k = max(blocksize, 256 if k % 256 == 0 else blocksize)

@@ -109,12 +109,15 @@ def _nf4_matmul_kernel(
     if USE_DOT:
         acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP_AB else (BLOCK_M, BLOCK_N), tl.float32)
         for g0 in range(g_begin, g_end, G):
-            x_ptrs = x_ptr + offs_m[:, None] * stride_xm + g0 * GROUP + offs_k[None, :]
-            xt = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BLOCK_K]
-            if LOOKUP == 4:  # one absmax block per step (swapped): its scale multiplies the fp32 product
-                codes, scale = _lut_block(q_ptr, absmax_ptr, rows, g0, K, GROUP, LUT_ASM)
-                acc += tl.dot(codes, tl.trans(xt)) * scale
+            if LOOKUP == 4:  # G absmax blocks per step, one dot each (swapped): its scale multiplies the fp32 product
+                for gi in tl.static_range(G):
+                    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (g0 + gi) * GROUP + tl.arange(0, GROUP)[None, :]
+                    xt = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, GROUP]
+                    codes, scale = _lut_block(q_ptr, absmax_ptr, rows, g0 + gi, K, GROUP, LUT_ASM)
+                    acc += tl.dot(codes, tl.trans(xt)) * scale
             else:
+                x_ptrs = x_ptr + offs_m[:, None] * stride_xm + g0 * GROUP + offs_k[None, :]
+                xt = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, BLOCK_K]
                 even, odd, scale = _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G, HALF, LOOKUP)
                 w = tl.join((even * scale).to(tl.float16), (odd * scale).to(tl.float16))  # [BN, G, HALF, 2]
                 w = tl.reshape(w, (BLOCK_N, BLOCK_K))
@@ -258,7 +261,6 @@ def nf4_matmul_triton(
     lookup = 0 if INTERPRETED else cfg.lookup
     table = byte_pair_table(code) if lookup == 3 else code
     asm = lut_asm(code_values(code)) if lookup == 4 else ""
-    assert lookup != 4 or cfg.block_k == blocksize, "the register table path steps one absmax block at a time"
     _nf4_matmul_kernel[grid](
         x, qweight, absmax, table, y, ws, tickets, t, slot_ids, b_stack, scales, ranks,
         m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, lora_r, lora_splits, seg1, seg2,
