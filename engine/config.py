@@ -7,9 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from engine.errors import InvalidRequestError
+
 DEVICES = ("auto", "cpu", "cuda")
 QUANTIZATIONS = ("nf4", "none")
 KERNELS = ("auto", "bitsandbytes", "triton")
+
+
+def check_render_sm_share(share: float | None) -> None:
+    """Raises InvalidRequestError (a ValueError) unless share is None or strictly between 0 and 1."""
+    if share is not None and not 0 < share < 1:
+        raise InvalidRequestError(f"render_sm_share: must be between 0 and 1 (exclusive) or None, got {share}")
 
 
 @dataclass
@@ -49,10 +57,7 @@ class EngineConfig:
             raise ValueError(f"max_seq_len: must be >= 2, got {self.max_seq_len}")
         if self.kernels not in KERNELS:
             raise ValueError(f"kernels: '{self.kernels}' is not one of {', '.join(KERNELS)}")
-        if self.render_sm_share is not None and not 0 < self.render_sm_share < 1:
-            raise ValueError(
-                f"render_sm_share: must be between 0 and 1 (exclusive) or None, got {self.render_sm_share}"
-            )
+        check_render_sm_share(self.render_sm_share)
 
 
 @dataclass(frozen=True)

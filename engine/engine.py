@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from engine.config import EngineConfig, ModelFootprint, SamplingParams
+from engine.config import EngineConfig, ModelFootprint, SamplingParams, check_render_sm_share
 from engine.device import compute_dtype, kernels_available, resolve_device
 from engine.errors import EngineClosedError, InvalidRequestError, QueueFullError
 from engine.handle import GenerationResult, RequestHandle
@@ -193,8 +193,7 @@ class Engine:
     def set_render_sm_share(self, share: float | None) -> Future:
         """Confine renders to this share of the SMs from the next job on (None: all SMs); see
         engine/job_stream.py. The future says when it applies (between jobs, on the engine thread)."""
-        if share is not None and not 0 < share < 1:
-            raise InvalidRequestError(f"render_sm_share: must be between 0 and 1 (exclusive) or None, got {share}")
+        check_render_sm_share(share)
         self.config.render_sm_share = share
 
         def apply() -> None:

@@ -56,7 +56,7 @@ def _lut(split_k: int) -> Nf4Config:
 
 
 def _pair_table_dot(block_k: int) -> Nf4Config:
-    """Byte-pair-table tile for absmax blocks other than 64 (the register table steps one block of 64)."""
+    """Byte-pair-table tile for absmax blocks other than 64 (the register-table tile is sized for blocks of 64)."""
     return Nf4Config(16, 64, block_k, 1, use_dot=True, num_warps=4, num_stages=1, lookup=3, swap_ab=True)
 
 
