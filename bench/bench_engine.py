@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,18 +57,29 @@ def step_bytes(eng: Engine) -> int:
 
 
 def run_decode(
-    eng: Engine, batch: int, prompt_len: int, out_len: int, arms: dict[str, list[str | None]]
+    eng: Engine,
+    batch: int,
+    prompt_len: int,
+    out_len: int,
+    arms: dict[str, list[str | None]],
+    switch: Callable[[str], None] | None = None,
 ) -> dict[str, dict]:
     """Each arm (a name -> one adapter per row) timed TIMED_RUNS times, arms taken in turn, medians per arm: arms
-    compared with each other see the same GPU clocks and neighbours."""
+    compared with each other see the same GPU clocks and neighbours. `switch(name)`, when given, sets the engine
+    up for an arm before each of its runs, followed by an untimed warm-up run."""
     prompts = [[(7 * r + 13 * i) % 1000 + 10 for i in range(prompt_len)] for r in range(batch)]
     params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
-    for adapters in arms.values():
+    for name, adapters in arms.items():
+        if switch is not None:
+            switch(name)
         eng.generate(prompts, params, adapters=adapters)  # warm-up: captures CUDA graphs
     totals: dict[str, list[float]] = {name: [] for name in arms}
     ttfts: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(TIMED_RUNS):
         for name, adapters in arms.items():
+            if switch is not None:
+                switch(name)
+                eng.generate(prompts, params, adapters=adapters)
             sync()
             t0 = time.perf_counter()
             results = eng.generate(prompts, params, adapters=adapters)
@@ -86,6 +98,18 @@ def run_decode(
             "ttft_ms": ttft * 1000,
         }
     return rows
+
+
+def pdl_switch(eng: Engine) -> Callable[[str], None]:
+    """Arm "pdl" launches the Triton kernels with programmatic dependent launch, any other arm without; the
+    decode graphs are captured again after each switch."""
+    from engine.kernels.pdl import set_pdl  # Triton, CUDA only
+
+    def switch(arm: str) -> None:
+        set_pdl(arm == "pdl")
+        eng.runner.release_graphs()
+
+    return switch
 
 
 def sync() -> None:
@@ -107,6 +131,11 @@ def bench_ours(folder: Path, device: str, batches: list[int], out_len: int, root
     out["step_bytes"] = step_bytes(eng)
     out["base"] = [run_decode(eng, b, 43, out_len, {"base": [None] * b})["base"] for b in batches]
     print("base:", out["base"], flush=True)
+    if device == "cuda":
+        out["pdl_ab"] = [run_decode(eng, b, 43, out_len, {"pdl": [None] * b, "no_pdl": [None] * b}, pdl_switch(eng))
+                         for b in batches]  # fmt: skip
+        pdl_switch(eng)("pdl")
+        print("PDL on / off:", out["pdl_ab"], flush=True)
     prompt = list(range(10, 53))
     eng.generate([prompt], SamplingParams(max_tokens=1))
     sync()
@@ -244,6 +273,11 @@ def table(ours: dict, peer: dict | None, floor_s: float) -> str:
         costs = [f"b{o['batch']}: {(o['step_ms'] / b['step_ms'] - 1) * 100:+.1f}%"
                  for o, b in zip(ours[label], ours[f"{label}_base"], strict=True)]  # fmt: skip
         lines.append(f"\nLoRA cost vs the base timed in turn with it, {label}: " + ", ".join(costs))
+    if "pdl_ab" in ours:
+        steps = [
+            f"b{r['pdl']['batch']}: {r['pdl']['step_ms']:.2f} / {r['no_pdl']['step_ms']:.2f}" for r in ours["pdl_ab"]
+        ]
+        lines.append("\nDecode step ms with / without programmatic dependent launch: " + ", ".join(steps))
     return "\n".join(lines)
 
 

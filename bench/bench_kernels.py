@@ -56,7 +56,8 @@ DOT_TILES = (
     + [(bn, 64, w, 3, True) for bn in (64, 128) for w in (4, 8)]
     + [(bn, 64, w, s, True) for bn in (16, 32) for w in (2, 4) for s in (1, 2, 3)]
     + [(32, 64, 2, s, True) for s in (4, 5)]
-    + [(bn, bk, 2, 3, True) for bn in (16, 32) for bk in (128, 256)]  # register table, 2-4 absmax blocks a step
+    + [(bn, bk, w, s, True) for bn in (16, 32) for bk in (128, 256) for w in (2, 4) for s in (2, 3, 4)]
+    + [(64, bk, 2, s, True) for bk in (128, 256) for s in (3, 4)]  # register table, 2-4 absmax blocks a step
     + [(64, 64, 4, s, True) for s in (4, 5)]
 )  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
 FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
@@ -300,8 +301,8 @@ def sweep_configs(m: int, n: int, k: int, lookups: tuple[int, ...]) -> list[Nf4C
         tiles += [(1, *t, False, False) for t in FMA_TILES]
     for block_m, block_n, block_k, warps, stages, use_dot, swap in tiles:
         for lookup in lookups:
-            if lookup == 4 and not (swap and (block_k == 64 or block_n <= 32)):
-                continue  # the register table runs swapped; several absmax blocks a step only on narrow tiles
+            if lookup == 4 and not (swap and (block_k == 64 or block_n <= 64)):
+                continue  # the register table runs swapped; several absmax blocks a step up to 64 rows
             if lookup != 4 and swap and (block_n < 64 or stages >= 3):
                 continue  # the small and 3+-stage swapped tiles were added for the register table
             for split in SPLITS:
