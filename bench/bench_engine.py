@@ -26,6 +26,7 @@ from storyloom.demo.demo_adapters import build_demo_adapter
 
 ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TIMED_RUNS = 5  # medians: one run's step time varies by up to 10% on the same GPU
+PDL_ARMS = {"pdl_off": 0, "pdl_wait": 1, "pdl_early": 2}  # engine.kernels.pdl modes OFF, WAIT, EARLY
 LORA_CONFIGS = {"rank8-qkv": (8, ["q_proj", "k_proj", "v_proj"]), "rank16-all7": (16, ALL7)}
 
 
@@ -101,12 +102,14 @@ def run_decode(
 
 
 def pdl_switch(eng: Engine) -> Callable[[str], None]:
-    """Arm "pdl" launches the Triton kernels with programmatic dependent launch, any other arm without; the
-    decode graphs are captured again after each switch."""
-    from engine.kernels.pdl import set_pdl  # Triton, CUDA only
+    """Each arm of PDL_ARMS launches the Triton kernels in its programmatic-dependent-launch mode ("default":
+    the engine's); the decode graphs are captured again after each switch."""
+    from engine.kernels import pdl  # Triton, CUDA only
+
+    default = pdl.pdl_mode()
 
     def switch(arm: str) -> None:
-        set_pdl(arm == "pdl")
+        pdl.set_pdl(PDL_ARMS.get(arm, default))
         eng.runner.release_graphs()
 
     return switch
@@ -132,10 +135,10 @@ def bench_ours(folder: Path, device: str, batches: list[int], out_len: int, root
     out["base"] = [run_decode(eng, b, 43, out_len, {"base": [None] * b})["base"] for b in batches]
     print("base:", out["base"], flush=True)
     if device == "cuda":
-        out["pdl_ab"] = [run_decode(eng, b, 43, out_len, {"pdl": [None] * b, "no_pdl": [None] * b}, pdl_switch(eng))
+        out["pdl_ab"] = [run_decode(eng, b, 43, out_len, {arm: [None] * b for arm in PDL_ARMS}, pdl_switch(eng))
                          for b in batches]  # fmt: skip
-        pdl_switch(eng)("pdl")
-        print("PDL on / off:", out["pdl_ab"], flush=True)
+        pdl_switch(eng)("default")
+        print("PDL modes:", out["pdl_ab"], flush=True)
     prompt = list(range(10, 53))
     eng.generate([prompt], SamplingParams(max_tokens=1))
     sync()
@@ -248,6 +251,18 @@ def gpu_parity(device: str, root: Path, kernels: str) -> dict:
     return {"kernels": kernels, "rows": rows}
 
 
+def use_tuned(path: Path) -> None:
+    """Each shape's M = 1 winner of a kernel sweep for every M bucket up to 16 (the register-table tile pads the
+    batch to 16 columns, so its time does not depend on M)."""
+    from engine.kernels.nf4_configs import MAX_SMALL_M, TUNED, Nf4Config
+
+    for key, fields in json.loads(path.read_text())["tuned"].items():
+        n, k, _ = (int(v) for v in key.split(","))
+        for m in (1 << i for i in range(MAX_SMALL_M.bit_length())):
+            TUNED[(n, k, m)] = Nf4Config(**fields)
+        print(f"tuned ({n}, {k}): {Nf4Config(**fields)}", flush=True)
+
+
 def commit() -> str:
     if os.environ.get("BENCH_COMMIT"):
         return os.environ["BENCH_COMMIT"]
@@ -274,10 +289,9 @@ def table(ours: dict, peer: dict | None, floor_s: float) -> str:
                  for o, b in zip(ours[label], ours[f"{label}_base"], strict=True)]  # fmt: skip
         lines.append(f"\nLoRA cost vs the base timed in turn with it, {label}: " + ", ".join(costs))
     if "pdl_ab" in ours:
-        steps = [
-            f"b{r['pdl']['batch']}: {r['pdl']['step_ms']:.2f} / {r['no_pdl']['step_ms']:.2f}" for r in ours["pdl_ab"]
-        ]
-        lines.append("\nDecode step ms with / without programmatic dependent launch: " + ", ".join(steps))
+        steps = [f"b{r['pdl_off']['batch']}: " + " / ".join(f"{r[arm]['step_ms']:.2f}" for arm in PDL_ARMS)
+                 for r in ours["pdl_ab"]]  # fmt: skip
+        lines.append(f"\nDecode step ms, programmatic dependent launch {' / '.join(PDL_ARMS)}: " + ", ".join(steps))
     return "\n".join(lines)
 
 
@@ -288,7 +302,15 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--peft-tokens", type=int, default=30)
     ap.add_argument("--kernels", choices=["auto", "bitsandbytes", "triton"], default="auto")
+    ap.add_argument(
+        "--tuned",
+        type=Path,
+        default=None,
+        help="a bench_kernels --sweep --sweep-m 1 JSON: its winners replace the NF4 launch table",
+    )
     args = ap.parse_args()
+    if args.tuned:
+        use_tuned(args.tuned)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = TINY if args.quick else LLAMA3_8B
     batches = [1, 4, 8]

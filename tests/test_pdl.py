@@ -18,8 +18,9 @@ D, INTER = 512, 1024
 
 @pytest.fixture
 def restore_pdl():
+    default = pdl.pdl_mode()
     yield
-    pdl.set_pdl(True)
+    pdl.set_pdl(default)
 
 
 def test_cpu_tensors_never_launch_with_pdl() -> None:
@@ -27,8 +28,13 @@ def test_cpu_tensors_never_launch_with_pdl() -> None:
 
 
 def test_switched_off_pdl_holds_for_every_device(restore_pdl) -> None:
-    pdl.set_pdl(False)
-    assert not pdl.pdl_for(torch.device("cuda", 0))
+    pdl.set_pdl(pdl.OFF)
+    assert pdl.pdl_for(torch.device("cuda", 0)) == pdl.OFF
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="PDL mode"):
+        pdl.set_pdl(3)
 
 
 def _chain(h, delta, norm_w, gate_up_w, down_w):
@@ -55,14 +61,16 @@ def weights():
 
 
 @pytest.mark.skipif(not HAS_HOPPER, reason="needs a CUDA GPU of compute capability 9.0 or newer, and Triton")
+@pytest.mark.parametrize("mode", [1, 2])
 @torch.inference_mode()
-def test_a_chain_launched_with_pdl_matches_the_chain_without(weights, restore_pdl) -> None:
-    assert pdl.pdl_for(DEVICE), "a Hopper GPU launches with PDL by default"
+def test_a_chain_launched_with_pdl_matches_the_chain_without(weights, restore_pdl, mode: int) -> None:
+    pdl.set_pdl(mode)
+    assert pdl.pdl_for(DEVICE) == mode, "a Hopper GPU launches in the mode set"
     h = torch.randn(3, D, device=DEVICE, dtype=torch.float16)
     delta = torch.randn_like(h)
-    pdl.set_pdl(False)
+    pdl.set_pdl(pdl.OFF)
     expected = _chain(h, delta, *weights)
-    pdl.set_pdl(True)
+    pdl.set_pdl(mode)
     torch.testing.assert_close(_chain(h, delta, *weights), expected, rtol=0, atol=0)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -72,7 +80,7 @@ def test_a_chain_launched_with_pdl_matches_the_chain_without(weights, restore_pd
         h.copy_(torch.randn_like(h))
         delta.copy_(torch.randn_like(h))
         graph.replay()
-        pdl.set_pdl(False)
+        pdl.set_pdl(pdl.OFF)
         expected = _chain(h, delta, *weights)
-        pdl.set_pdl(True)
+        pdl.set_pdl(mode)
         torch.testing.assert_close(out, expected, rtol=0, atol=0)

@@ -143,13 +143,13 @@ def decode_attention_triton(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, NUM_SPLITS=splits, BLOCKS_PER_SPLIT=blocks_per_split,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d, BLOCK_N=BLOCK_N,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, launch_pdl=pdl,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, launch_pdl=pdl > 0,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     if splits > 1:
         _combine_kernel[(n * num_heads,)](
             part_max, part_sum, acc, out,
             HEAD_DIM=head_dim, NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
-            PDL=pdl, launch_pdl=pdl, num_warps=4,
+            PDL=pdl, launch_pdl=pdl > 0, num_warps=4,
         )  # fmt: skip
     return out

@@ -112,7 +112,18 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
     block = triton.next_power_of_2(d)
     pdl = pdl_for(x.device)
     _rms_norm_kernel[(t,)](
-        x, x, x, weight, y, d, eps, HAS_ADD=False, BLOCK_D=block, PDL=pdl, launch_pdl=pdl, num_warps=_norm_warps(block)
+        x,
+        x,
+        x,
+        weight,
+        y,
+        d,
+        eps,
+        HAS_ADD=False,
+        BLOCK_D=block,
+        PDL=pdl,
+        launch_pdl=pdl > 0,
+        num_warps=_norm_warps(block),
     )
     return y
 
@@ -126,7 +137,7 @@ def add_rms_norm_triton(
     block = triton.next_power_of_2(d)
     pdl = pdl_for(h.device)
     _rms_norm_kernel[(t,)](
-        h, delta, h_new, weight, y, d, eps, HAS_ADD=True, BLOCK_D=block, PDL=pdl, launch_pdl=pdl,
+        h, delta, h_new, weight, y, d, eps, HAS_ADD=True, BLOCK_D=block, PDL=pdl, launch_pdl=pdl > 0,
         num_warps=_norm_warps(block),
     )  # fmt: skip
     return h_new, y
@@ -139,7 +150,7 @@ def silu_mul_triton(gate_up: torch.Tensor, intermediate: int) -> torch.Tensor:
     block = min(SILU_MUL_BLOCK, triton.next_power_of_2(intermediate))
     grid = (t, triton.cdiv(intermediate, block))
     pdl = pdl_for(gate_up.device)
-    _silu_mul_kernel[grid](gate_up, act, intermediate, BLOCK=block, PDL=pdl, launch_pdl=pdl, num_warps=4)
+    _silu_mul_kernel[grid](gate_up, act, intermediate, BLOCK=block, PDL=pdl, launch_pdl=pdl > 0, num_warps=4)
     return act
 
 
@@ -164,6 +175,6 @@ def rope_kv_write_triton(
         qkv, positions, cos, sin, q, k_cache, v_cache,
         cos.shape[0], qkv.stride(0), stride_slot, stride_head, stride_pos,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        BLOCK_HALF=triton.next_power_of_2(head_dim // 2), PDL=pdl, launch_pdl=pdl, num_warps=1,
+        BLOCK_HALF=triton.next_power_of_2(head_dim // 2), PDL=pdl, launch_pdl=pdl > 0, num_warps=1,
     )  # fmt: skip
     return q

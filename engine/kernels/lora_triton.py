@@ -140,7 +140,7 @@ def lora_shrink_triton(
     if m:
         _lora_shrink_kernel[(m, splits, triton.cdiv(r_total, R_CHUNK.value))](
             x, slot_ids, a_stack, ranks, t, k, r_total, r_total // num_segments, x.stride(0), k_per_split,
-            BLOCK_K=SHRINK_BLOCK_K, PDL=pdl, launch_pdl=pdl, num_warps=4,
+            BLOCK_K=SHRINK_BLOCK_K, PDL=pdl, launch_pdl=pdl > 0, num_warps=4,
         )  # fmt: skip
     return t
 
@@ -166,6 +166,6 @@ def lora_expand_triton(
         _lora_expand_kernel[grid](
             t, slot_ids, b_stack, scales, ranks, y, m, n, r, splits, seg1, seg2, y.stride(0),
             BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1, PDL=pdl,
-            launch_pdl=pdl, num_warps=4,
+            launch_pdl=pdl > 0, num_warps=4,
         )  # fmt: skip
     return y

@@ -268,7 +268,7 @@ def nf4_matmul_triton(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
         IS_SPLIT=is_split, USE_DOT=cfg.use_dot, HAS_LORA=lora is not None,
         BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1, LOOKUP=lookup, SWAP_AB=cfg.swap_ab,
-        LUT_ASM=asm, PDL=pdl, launch_pdl=pdl,
+        LUT_ASM=asm, PDL=pdl, launch_pdl=pdl > 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y
@@ -284,6 +284,6 @@ def nf4_dequantize_triton(
     block = 1024
     pdl = pdl_for(qweight.device)
     _nf4_dequantize_kernel[(triton.cdiv(num_bytes, block),)](
-        qweight, absmax, code, out, num_bytes, BLOCK=block, GROUP=blocksize, PDL=pdl, launch_pdl=pdl, num_warps=4
+        qweight, absmax, code, out, num_bytes, BLOCK=block, GROUP=blocksize, PDL=pdl, launch_pdl=pdl > 0, num_warps=4
     )
     return out

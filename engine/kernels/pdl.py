@@ -18,28 +18,42 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter cannot run inline PTX
-_enabled = True
+OFF, WAIT, EARLY = (
+    0,
+    1,
+    2,
+)  # no PDL; wait for the previous grid (next one launches as this one exits); also trigger early
+_mode = OFF  # measured slower on an H200 in EARLY mode; docs/PERFORMANCE.md
 _capable: dict[torch.device, bool] = {}
 
 
-def set_pdl(enabled: bool) -> None:
-    """Turn PDL launches on or off for kernels launched from now on (benchmarks compare both)."""
-    global _enabled
-    _enabled = enabled
+def set_pdl(mode: int) -> None:
+    """PDL mode for kernels launched from now on: OFF, WAIT or EARLY (benchmarks compare them)."""
+    global _mode
+    if mode not in (OFF, WAIT, EARLY):
+        raise ValueError(f"PDL mode: must be OFF (0), WAIT (1) or EARLY (2), got {mode}")
+    _mode = mode
 
 
-def pdl_for(device: torch.device) -> bool:
-    """True when kernels on `device` launch with PDL: enabled, compiled for a GPU, compute capability >= 9."""
-    if not _enabled or INTERPRETED or device.type != "cuda":
-        return False
+def pdl_mode() -> int:
+    """The PDL mode set now (before the device check of pdl_for)."""
+    return _mode
+
+
+def pdl_for(device: torch.device) -> int:
+    """The PDL mode of kernels on `device`: OFF unless compiled for a GPU of compute capability >= 9."""
+    if _mode == OFF or INTERPRETED or device.type != "cuda":
+        return OFF
     if device not in _capable:
         _capable[device] = torch.cuda.get_device_capability(device) >= (9, 0)
-    return _capable[device]
+    return _mode if _capable[device] else OFF
 
 
 @triton.jit
 def wait_for_previous_grid(PDL: tl.constexpr):
-    """First statement of a PDL kernel: let the next kernel launch, then wait for the previous one."""
-    if PDL:
+    """First statement of a kernel launched with PDL: (EARLY) let the next kernel launch, then wait for the
+    previous one to complete."""
+    if PDL == 2:
         gdc_launch_dependents()
+    if PDL > 0:
         gdc_wait()
