@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ from storyloom.demo.demo_adapters import build_demo_adapter
 
 ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TIMED_RUNS = 5  # medians: one run's step time varies by up to 10% on the same GPU
-PDL_ARMS = {"pdl_off": 0, "pdl_wait": 1, "pdl_early": 2}  # engine.kernels.pdl modes OFF, WAIT, EARLY
 LORA_CONFIGS = {"rank8-qkv": (8, ["q_proj", "k_proj", "v_proj"]), "rank16-all7": (16, ALL7)}
 
 
@@ -58,29 +56,18 @@ def step_bytes(eng: Engine) -> int:
 
 
 def run_decode(
-    eng: Engine,
-    batch: int,
-    prompt_len: int,
-    out_len: int,
-    arms: dict[str, list[str | None]],
-    switch: Callable[[str], None] | None = None,
+    eng: Engine, batch: int, prompt_len: int, out_len: int, arms: dict[str, list[str | None]]
 ) -> dict[str, dict]:
     """Each arm (a name -> one adapter per row) timed TIMED_RUNS times, arms taken in turn, medians per arm: arms
-    compared with each other see the same GPU clocks and neighbours. `switch(name)`, when given, sets the engine
-    up for an arm before each of its runs, followed by an untimed warm-up run."""
+    compared with each other see the same GPU clocks and neighbours."""
     prompts = [[(7 * r + 13 * i) % 1000 + 10 for i in range(prompt_len)] for r in range(batch)]
     params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
-    for name, adapters in arms.items():
-        if switch is not None:
-            switch(name)
+    for adapters in arms.values():
         eng.generate(prompts, params, adapters=adapters)  # warm-up: captures CUDA graphs
     totals: dict[str, list[float]] = {name: [] for name in arms}
     ttfts: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(TIMED_RUNS):
         for name, adapters in arms.items():
-            if switch is not None:
-                switch(name)
-                eng.generate(prompts, params, adapters=adapters)
             sync()
             t0 = time.perf_counter()
             results = eng.generate(prompts, params, adapters=adapters)
@@ -99,20 +86,6 @@ def run_decode(
             "ttft_ms": ttft * 1000,
         }
     return rows
-
-
-def pdl_switch(eng: Engine) -> Callable[[str], None]:
-    """Each arm of PDL_ARMS launches the Triton kernels in its programmatic-dependent-launch mode ("default":
-    the engine's); the decode graphs are captured again after each switch."""
-    from engine.kernels import pdl  # Triton, CUDA only
-
-    default = pdl.pdl_mode()
-
-    def switch(arm: str) -> None:
-        pdl.set_pdl(PDL_ARMS.get(arm, default))
-        eng.runner.release_graphs()
-
-    return switch
 
 
 def sync() -> None:
@@ -134,11 +107,6 @@ def bench_ours(folder: Path, device: str, batches: list[int], out_len: int, root
     out["step_bytes"] = step_bytes(eng)
     out["base"] = [run_decode(eng, b, 43, out_len, {"base": [None] * b})["base"] for b in batches]
     print("base:", out["base"], flush=True)
-    if device == "cuda":
-        out["pdl_ab"] = [run_decode(eng, b, 43, out_len, {arm: [None] * b for arm in PDL_ARMS}, pdl_switch(eng))
-                         for b in batches]  # fmt: skip
-        pdl_switch(eng)("default")
-        print("PDL modes:", out["pdl_ab"], flush=True)
     prompt = list(range(10, 53))
     eng.generate([prompt], SamplingParams(max_tokens=1))
     sync()
@@ -288,10 +256,6 @@ def table(ours: dict, peer: dict | None, floor_s: float) -> str:
         costs = [f"b{o['batch']}: {(o['step_ms'] / b['step_ms'] - 1) * 100:+.1f}%"
                  for o, b in zip(ours[label], ours[f"{label}_base"], strict=True)]  # fmt: skip
         lines.append(f"\nLoRA cost vs the base timed in turn with it, {label}: " + ", ".join(costs))
-    if "pdl_ab" in ours:
-        steps = [f"b{r['pdl_off']['batch']}: " + " / ".join(f"{r[arm]['step_ms']:.2f}" for arm in PDL_ARMS)
-                 for r in ours["pdl_ab"]]  # fmt: skip
-        lines.append(f"\nDecode step ms, programmatic dependent launch {' / '.join(PDL_ARMS)}: " + ", ".join(steps))
     return "\n".join(lines)
 
 

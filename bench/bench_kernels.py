@@ -39,7 +39,6 @@ from engine.kernels import (
 )
 from engine.kernels.nf4_configs import Nf4Config
 from engine.kernels.nf4_reference import nf4_dequantize_reference
-from engine.kernels.pdl import EARLY, OFF, WAIT, pdl_mode, set_pdl
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 SEGMENTS = {"qkv": (4096, 5120), "o": (), "gate_up": (14336,), "down": ()}
@@ -322,9 +321,8 @@ def compile_key(point: tuple[str, int, Nf4Config]) -> Nf4Config:
     return replace(point[2], split_k=min(point[2].split_k, 2))
 
 
-def _compile_worker(points: list[tuple[str, int, Nf4Config]], pdl_mode: int) -> list[str]:
+def _compile_worker(points: list[tuple[str, int, Nf4Config]]) -> list[str]:
     """Run each config once on the real shape so Triton's on-disk cache holds every compiled variant."""
-    set_pdl(pdl_mode)
     failures = []
     code = nf4_code()
     weights = {name: random_weight(n, k, code) for name, (n, k) in SHAPES.items()}
@@ -346,7 +344,7 @@ def precompile(points: list[tuple[str, int, Nf4Config]], workers: int) -> list[s
     chunks = [firsts[i::workers] for i in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        failures = [f for chunk in pool.map(_compile_worker, chunks, [pdl_mode()] * workers) for f in chunk]
+        failures = [f for chunk in pool.map(_compile_worker, chunks) for f in chunk]
     print(f"precompiled {len(firsts)} kernel variants in {workers} processes; {len(failures)} failed", flush=True)
     return failures
 
@@ -537,13 +535,6 @@ def main() -> int:
     parser.add_argument("--lookups", type=int, nargs="+", default=LOOKUPS, help="table lookups the sweep tries")
     parser.add_argument("--workers", type=int, default=14, help="processes compiling the sweep's kernels")
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
-    parser.add_argument(
-        "--pdl",
-        type=int,
-        choices=(OFF, WAIT, EARLY),
-        default=pdl_mode(),
-        help="programmatic dependent launch: 0 off, 1 wait, 2 early trigger (engine.kernels.pdl)",
-    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU")
@@ -554,8 +545,6 @@ def main() -> int:
     import triton
 
     result["triton"] = triton.__version__
-    set_pdl(args.pdl)
-    result["pdl"] = args.pdl
     started = time.time()
     compile_job = None
     if args.sweep:

@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 
 from engine.kernels.nf4_triton import num_sms
-from engine.kernels.pdl import pdl_for, wait_for_previous_grid
 
 BLOCK_N = 64  # cache positions per tile; also the fewest positions a split gets
 PROGRAMS_PER_SM = 1  # split programs the default plan aims at per SM
@@ -33,9 +32,8 @@ def _split_kernel(
     stride_qn, stride_qh, stride_ks, stride_kh, stride_kp, stride_vs, stride_vh, stride_vp,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
     BLOCKS_PER_SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    wait_for_previous_grid(PDL)
     row = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -81,10 +79,9 @@ def _split_kernel(
 @triton.jit
 def _combine_kernel(
     m_ptr, l_ptr, acc_ptr, out_ptr,
-    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Program row * H + head: out = sum_s w_s acc_s / sum_s w_s l_s with w_s = exp2(m_s - max_s m_s)."""
-    wait_for_previous_grid(PDL)
     row_head = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
@@ -135,7 +132,6 @@ def decode_attention_triton(
     part_sum = torch.empty_like(part_max)
     acc = torch.empty((n, num_heads, splits, head_dim), device=q.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    pdl = pdl_for(q.device)
     _split_kernel[(n, num_kv_heads, splits)](
         q, k_cache, v_cache, lengths, out, part_max, part_sum, acc,
         kv_len, scale * LOG2E,
@@ -143,13 +139,13 @@ def decode_attention_triton(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_HEADS=num_heads, GROUP=group, HEAD_DIM=head_dim, NUM_SPLITS=splits, BLOCKS_PER_SPLIT=blocks_per_split,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d, BLOCK_N=BLOCK_N,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl, launch_pdl=pdl > 0,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES,
     )  # fmt: skip
     if splits > 1:
         _combine_kernel[(n * num_heads,)](
             part_max, part_sum, acc, out,
             HEAD_DIM=head_dim, NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d,
-            PDL=pdl, launch_pdl=pdl > 0, num_warps=4,
+            num_warps=4,
         )  # fmt: skip
     return out

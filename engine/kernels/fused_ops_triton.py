@@ -15,18 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.pdl import pdl_for, wait_for_previous_grid
-
 SILU_MUL_BLOCK = 1024
 
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, delta_ptr, h_out_ptr, w_ptr, y_ptr, D, eps,
-    HAS_ADD: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    HAS_ADD: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Row r: h = x[r] (+ delta[r], stored to h_out[r]), y[r] = w * rms_normalized(h)."""
-    wait_for_previous_grid(PDL)
     base = tl.program_id(0).to(tl.int64) * D
     offs = tl.arange(0, BLOCK_D)
     mask = offs < D
@@ -43,8 +40,7 @@ def _rms_norm_kernel(
 
 
 @triton.jit
-def _silu_mul_kernel(gate_up_ptr, out_ptr, inter, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    wait_for_previous_grid(PDL)
+def _silu_mul_kernel(gate_up_ptr, out_ptr, inter, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < inter
@@ -59,12 +55,10 @@ def _rope_kv_write_kernel(
     qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
     num_positions, stride_qkv, stride_slot, stride_head, stride_pos,
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (row, head): head < H rotates q head `head` into q[row]; otherwise kv head j = head - H: its
     rotated k and raw v go to cache[row, j, positions[row]]. Head `head` of either kind starts at column
     head * Dh of qkv (q heads, then k heads); v head j starts at column (H + Hkv + j) * Dh."""
-    wait_for_previous_grid(PDL)
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     pos = tl.load(pos_ptr + row)
@@ -110,21 +104,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
     t, d = x.shape
     y = torch.empty_like(x)
     block = triton.next_power_of_2(d)
-    pdl = pdl_for(x.device)
-    _rms_norm_kernel[(t,)](
-        x,
-        x,
-        x,
-        weight,
-        y,
-        d,
-        eps,
-        HAS_ADD=False,
-        BLOCK_D=block,
-        PDL=pdl,
-        launch_pdl=pdl > 0,
-        num_warps=_norm_warps(block),
-    )
+    _rms_norm_kernel[(t,)](x, x, x, weight, y, d, eps, HAS_ADD=False, BLOCK_D=block, num_warps=_norm_warps(block))
     return y
 
 
@@ -135,11 +115,9 @@ def add_rms_norm_triton(
     t, d = h.shape
     h_new, y = torch.empty_like(h), torch.empty_like(h)
     block = triton.next_power_of_2(d)
-    pdl = pdl_for(h.device)
     _rms_norm_kernel[(t,)](
-        h, delta, h_new, weight, y, d, eps, HAS_ADD=True, BLOCK_D=block, PDL=pdl, launch_pdl=pdl > 0,
-        num_warps=_norm_warps(block),
-    )  # fmt: skip
+        h, delta, h_new, weight, y, d, eps, HAS_ADD=True, BLOCK_D=block, num_warps=_norm_warps(block)
+    )
     return h_new, y
 
 
@@ -149,8 +127,7 @@ def silu_mul_triton(gate_up: torch.Tensor, intermediate: int) -> torch.Tensor:
     act = torch.empty((t, intermediate), device=gate_up.device, dtype=gate_up.dtype)
     block = min(SILU_MUL_BLOCK, triton.next_power_of_2(intermediate))
     grid = (t, triton.cdiv(intermediate, block))
-    pdl = pdl_for(gate_up.device)
-    _silu_mul_kernel[grid](gate_up, act, intermediate, BLOCK=block, PDL=pdl, launch_pdl=pdl > 0, num_warps=4)
+    _silu_mul_kernel[grid](gate_up, act, intermediate, BLOCK=block, num_warps=4)
     return act
 
 
@@ -170,11 +147,10 @@ def rope_kv_write_triton(
     n = qkv.shape[0]
     q = torch.empty((n, num_heads, head_dim), device=qkv.device, dtype=qkv.dtype)
     stride_slot, stride_head, stride_pos, _ = k_cache.stride()
-    pdl = pdl_for(qkv.device)
     _rope_kv_write_kernel[(n, num_heads + num_kv_heads)](
         qkv, positions, cos, sin, q, k_cache, v_cache,
         cos.shape[0], qkv.stride(0), stride_slot, stride_head, stride_pos,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        BLOCK_HALF=triton.next_power_of_2(head_dim // 2), PDL=pdl, launch_pdl=pdl > 0, num_warps=1,
+        BLOCK_HALF=triton.next_power_of_2(head_dim // 2), num_warps=1,
     )  # fmt: skip
     return q

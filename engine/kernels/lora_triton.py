@@ -13,8 +13,6 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.pdl import pdl_for, wait_for_previous_grid
-
 R_CHUNK = tl.constexpr(16)
 SHRINK_BLOCK_K = 128
 MAX_SHRINK_SPLITS = 8
@@ -63,11 +61,10 @@ def lora_delta_tile(
 @triton.jit
 def _lora_shrink_kernel(
     x_ptr, slot_ptr, a_ptr, rank_ptr, t_ptr, K, R_TOTAL, SEG_R, stride_xm, k_per_split,
-    BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """One (row, K split, rank chunk of R_CHUNK rows of A) per program: the accumulator is [R_CHUNK, BLOCK_K]
     whatever the stack's padded rank, and chunks past the adapter's rank in their segment read nothing."""
-    wait_for_previous_grid(PDL)
     m = tl.program_id(0)
     split = tl.program_id(1)
     r0 = tl.program_id(2) * R_CHUNK
@@ -98,9 +95,8 @@ def _lora_shrink_kernel(
 @triton.jit
 def _lora_expand_kernel(
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, y_ptr, M, N, R, num_t_splits, seg1, seg2, stride_ym,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
 ):  # fmt: skip
-    wait_for_previous_grid(PDL)
     n_start = tl.program_id(0) * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -136,11 +132,10 @@ def lora_shrink_triton(
     k_per_split = triton.cdiv(triton.cdiv(k, splits), SHRINK_BLOCK_K) * SHRINK_BLOCK_K
     splits = triton.cdiv(k, k_per_split)
     t = torch.empty((m, splits, r_total), dtype=torch.float32, device=x.device)
-    pdl = pdl_for(x.device)
     if m:
         _lora_shrink_kernel[(m, splits, triton.cdiv(r_total, R_CHUNK.value))](
             x, slot_ids, a_stack, ranks, t, k, r_total, r_total // num_segments, x.stride(0), k_per_split,
-            BLOCK_K=SHRINK_BLOCK_K, PDL=pdl, launch_pdl=pdl > 0, num_warps=4,
+            BLOCK_K=SHRINK_BLOCK_K, num_warps=4,
         )  # fmt: skip
     return t
 
@@ -160,12 +155,10 @@ def lora_expand_triton(
     assert y.stride(1) == 1, "y rows must be contiguous"
     block_m = min(4, triton.next_power_of_2(max(m, 1)))
     seg1, seg2 = segment_args(segments, EXPAND_BLOCK_N)
-    pdl = pdl_for(y.device)
     if m:
         grid = (triton.cdiv(n, EXPAND_BLOCK_N), triton.cdiv(m, block_m))
         _lora_expand_kernel[grid](
             t, slot_ids, b_stack, scales, ranks, y, m, n, r, splits, seg1, seg2, y.stride(0),
-            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1, PDL=pdl,
-            launch_pdl=pdl > 0, num_warps=4,
+            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1, num_warps=4,
         )  # fmt: skip
     return y

@@ -12,6 +12,8 @@ No host syncs and fixed-size allocations only: CUDA-graph capturable once the ti
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -20,8 +22,8 @@ from engine.kernels.lora_triton import block_r, lora_delta_tile, segment_args
 from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config, pick_config
 from engine.kernels.nf4_lut import lut_asm
-from engine.kernels.pdl import INTERPRETED, pdl_for, wait_for_previous_grid
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter cannot run inline PTX
 TICKETS = 1 << 16
 _tickets: dict[torch.device, torch.Tensor] = {}
 _num_sms: dict[torch.device, int] = {}
@@ -90,9 +92,8 @@ def _nf4_matmul_kernel(
     M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, lora_splits, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr, PDL: tl.constexpr,
+    NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr,
 ):  # fmt: skip
-    wait_for_previous_grid(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -169,8 +170,7 @@ def _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m,
 
 @triton.jit
 def _nf4_dequantize_kernel(q_ptr, absmax_ptr, code_ptr, out_ptr, num_bytes, BLOCK: tl.constexpr,
-                           GROUP: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
-    wait_for_previous_grid(PDL)
+                           GROUP: tl.constexpr):  # fmt: skip
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # byte index
     mask = offs < num_bytes
     packed = tl.load(q_ptr + offs, mask=mask, other=0)
@@ -261,14 +261,13 @@ def nf4_matmul_triton(
     lookup = 0 if INTERPRETED else cfg.lookup
     table = byte_pair_table(code) if lookup == 3 else code
     asm = lut_asm(code_values(code)) if lookup == 4 else ""
-    pdl = pdl_for(x.device)
     _nf4_matmul_kernel[grid](
         x, qweight, absmax, table, y, ws, tickets, t, slot_ids, b_stack, scales, ranks,
         m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, lora_r, lora_splits, seg1, seg2,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
         IS_SPLIT=is_split, USE_DOT=cfg.use_dot, HAS_LORA=lora is not None,
         BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1, LOOKUP=lookup, SWAP_AB=cfg.swap_ab,
-        LUT_ASM=asm, PDL=pdl, launch_pdl=pdl > 0,
+        LUT_ASM=asm,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y
@@ -282,8 +281,7 @@ def nf4_dequantize_triton(
     out = torch.empty((n, k), dtype=torch.float16, device=qweight.device)
     num_bytes = n * k // 2
     block = 1024
-    pdl = pdl_for(qweight.device)
     _nf4_dequantize_kernel[(triton.cdiv(num_bytes, block),)](
-        qweight, absmax, code, out, num_bytes, BLOCK=block, GROUP=blocksize, PDL=pdl, launch_pdl=pdl > 0, num_warps=4
+        qweight, absmax, code, out, num_bytes, BLOCK=block, GROUP=blocksize, num_warps=4
     )
     return out
