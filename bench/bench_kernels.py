@@ -50,15 +50,20 @@ LORA_BATCHES = (1, 4, 8)
 LORA_SETUPS = {"rank8-qkv": (8, ("qkv",)), "rank16-all7": (16, ("qkv", "o", "gate_up", "down"))}
 NUM_SLOTS = 8
 ROTATE_BYTES = 160 * 2**20  # > 3x the H100's 50 MB L2
-DOT_TILES = (
-    [(bn, bk, 4, 1, False) for bn in (16, 32, 64) for bk in (128, 256)]
-    + [(bn, bk, w, s, True) for bn in (64, 128) for bk in (64, 128, 256) for w in (4, 8) for s in (1, 2)]
-    + [(bn, 64, w, 3, True) for bn in (64, 128) for w in (4, 8)]
-    + [(bn, 64, w, s, True) for bn in (16, 32) for w in (2, 4) for s in (1, 2, 3)]
-    + [(32, 64, 2, s, True) for s in (4, 5)]
-    + [(bn, bk, w, s, True) for bn in (16, 32) for bk in (128, 256) for w in (2, 4) for s in (2, 3, 4)]
-    + [(64, bk, 2, s, True) for bk in (128, 256) for s in (3, 4)]  # register table, 2-4 absmax blocks a step
-    + [(64, 64, 4, s, True) for s in (4, 5)]
+DOT_TILES = list(
+    dict.fromkeys(
+        [(bn, bk, 4, 1, False) for bn in (16, 32, 64) for bk in (128, 256)]
+        + [(bn, bk, w, s, True) for bn in (64, 128) for bk in (64, 128, 256) for w in (4, 8) for s in (1, 2)]
+        + [(bn, 64, w, 3, True) for bn in (64, 128) for w in (4, 8)]
+        + [
+            (bn, bk, w, s, True)
+            for bn in (16, 32, 64)
+            for bk in (64, 128, 256)
+            for w in (1, 2, 4)
+            for s in (2, 3, 4)
+            if w * 16 <= bn
+        ]
+    )
 )  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
 FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
 LOOKUPS = (3, 4)  # byte-pair table, register table (swapped); --check covers lookups 0 and 1 too

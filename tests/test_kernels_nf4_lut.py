@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from engine.kernels.nf4_lut import lut_asm, program, run_program, table_words
+from engine.kernels.nf4_lut import WORD_OPERANDS, lut_asm, program, register_words, run_program, table_words
 
 NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
        -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
@@ -29,12 +29,12 @@ def _expected(packed: bytes, code: tuple[float, ...]) -> tuple[int, int, int, in
 @pytest.mark.parametrize("code", [NF4, tuple(float(i - 8) / 8 for i in range(16))], ids=["nf4", "linear"])
 def test_every_byte_in_every_position_gives_both_nibbles_fp16(code: tuple[float, ...]) -> None:
     rng = random.Random(0)
-    instructions = program(code)
+    instructions, words = program(code), register_words(code)
     for position in range(4):
         for byte in range(256):
             packed = bytearray(rng.randrange(256) for _ in range(4))
             packed[position] = byte
-            got = run_program(instructions, int.from_bytes(packed, "little"))
+            got = run_program(instructions, int.from_bytes(packed, "little"), words)
             assert got == _expected(bytes(packed), code), (position, byte)
 
 
@@ -52,5 +52,5 @@ def test_ptx_declares_every_register_it_uses() -> None:
     statements = [st.strip() for st in asm.strip("{} ").split(";")[1:] if st.strip()]
     operands = {op.strip() for st in statements for op in st.split(None, 1)[1].split(",")}
     registers = {op for op in operands if not op[0].isdigit()}
-    assert registers - declared == {"$0", "$1", "$2", "$3", "$4"}
+    assert registers - declared == {"$0", "$1", "$2", "$3", "$4", *WORD_OPERANDS}
     assert len(statements) == len(program(NF4))

@@ -13,6 +13,8 @@ No host syncs and fixed-size allocations only: CUDA-graph capturable once the ti
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import triton
@@ -21,14 +23,14 @@ import triton.language as tl
 from engine.kernels.lora_triton import block_r, lora_delta_tile, segment_args
 from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config, pick_config
-from engine.kernels.nf4_lut import lut_asm
+from engine.kernels.nf4_lut import CONSTRAINTS, lut_asm, register_words
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter cannot run inline PTX
 TICKETS = 1 << 16
 _tickets: dict[torch.device, torch.Tensor] = {}
 _num_sms: dict[torch.device, int] = {}
-_pair_tables: dict[tuple[torch.device, int], torch.Tensor] = {}
-_code_values: dict[tuple[torch.device, int], tuple[float, ...]] = {}
+_code_derived: dict[tuple[str, torch.device, int], object] = {}
+T = TypeVar("T")
 
 
 _NIBBLE_LOOKUP = tl.constexpr("{ .reg .b64 a; mad.wide.u32 a, $1, 4, $2; ld.global.nc.f32 $0, [a]; }")
@@ -74,14 +76,20 @@ def _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G: tl.constexpr, HALF:
 
 
 @triton.jit
-def _lut_block(q_ptr, absmax_ptr, rows, g, K, GROUP: tl.constexpr, LUT_ASM: tl.constexpr):
+def _lut_block(q_ptr, absmax_ptr, rows, g, K, w0, w1, w2, w3, GROUP: tl.constexpr, LUT_ASM: tl.constexpr,
+               LUT_CONSTRAINTS: tl.constexpr):  # fmt: skip
     """fp16 NF4 codes of absmax block g of `rows`, [BLOCK_N, GROUP] in k order (not scaled), and the
-    block's absmax [BLOCK_N, 1]: the register table of engine/kernels/nf4_lut.py, 4 bytes per call."""
+    block's absmax [BLOCK_N, 1]: the register table of engine/kernels/nf4_lut.py, 4 bytes per call; w0..w3
+    are the table's register words, int32 [HALF] rows loaded once per program."""
     HALF: tl.constexpr = GROUP // 2
     packed = tl.load(q_ptr + rows[:, None] * (K // 2) + g * HALF + tl.arange(0, HALF)[None, :])  # [BN, HALF]
     scale = tl.load(absmax_ptr + rows[:, None] * (K // GROUP) + g)  # [BN, 1]
-    even, odd = tl.inline_asm_elementwise(LUT_ASM, "=r,=r,=r,=r,r", [packed], dtype=(tl.float16, tl.float16),
-                                          is_pure=True, pack=4)  # fmt: skip
+    w0 = tl.broadcast_to(w0[None, :], packed.shape)
+    w1 = tl.broadcast_to(w1[None, :], packed.shape)
+    w2 = tl.broadcast_to(w2[None, :], packed.shape)
+    w3 = tl.broadcast_to(w3[None, :], packed.shape)
+    even, odd = tl.inline_asm_elementwise(LUT_ASM, LUT_CONSTRAINTS, [packed, w0, w1, w2, w3],
+                                          dtype=(tl.float16, tl.float16), is_pure=True, pack=4)  # fmt: skip
     return tl.reshape(tl.join(even, odd), (packed.shape[0], GROUP)), scale
 
 
@@ -93,6 +101,7 @@ def _nf4_matmul_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
     NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr,
+    LUT_CONSTRAINTS: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -108,12 +117,17 @@ def _nf4_matmul_kernel(
     g_end = g_begin + k_per_split // GROUP
     if USE_DOT:
         acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP_AB else (BLOCK_M, BLOCK_N), tl.float32)
+        if LOOKUP == 4:  # the table's register words, each as a [HALF] row (a scalar went through shared memory)
+            same = tl.zeros([HALF], tl.int32)
+            w0, w1 = tl.load(code_ptr + same), tl.load(code_ptr + 1 + same)
+            w2, w3 = tl.load(code_ptr + 2 + same), tl.load(code_ptr + 3 + same)
         for g0 in range(g_begin, g_end, G):
             if LOOKUP == 4:  # G absmax blocks per step, one dot each (swapped): its scale multiplies the fp32 product
                 for gi in tl.static_range(G):
                     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (g0 + gi) * GROUP + tl.arange(0, GROUP)[None, :]
                     xt = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)  # [BM, GROUP]
-                    codes, scale = _lut_block(q_ptr, absmax_ptr, rows, g0 + gi, K, GROUP, LUT_ASM)
+                    codes, scale = _lut_block(q_ptr, absmax_ptr, rows, g0 + gi, K, w0, w1, w2, w3, GROUP, LUT_ASM,
+                                              LUT_CONSTRAINTS)  # fmt: skip
                     acc += tl.dot(codes, tl.trans(xt)) * scale
             else:
                 x_ptrs = x_ptr + offs_m[:, None] * stride_xm + g0 * GROUP + offs_k[None, :]
@@ -182,31 +196,39 @@ def _nf4_dequantize_kernel(q_ptr, absmax_ptr, code_ptr, out_ptr, num_bytes, BLOC
     tl.store(out_ptr + offs_out, w.to(tl.float16), mask=offs_out < 2 * num_bytes)
 
 
+def _per_code(kind: str, code: torch.Tensor, build: Callable[[], T]) -> T:
+    """One value of each kind per `code` tensor (weights' tables live as long as the weights), built before
+    CUDA graph capture, as any warm-up call does."""
+    key = (kind, code.device, code.data_ptr())
+    if key not in _code_derived:
+        assert not (code.is_cuda and torch.cuda.is_current_stream_capturing()), "call nf4_matmul before capture"
+        _code_derived[key] = build()
+    return _code_derived[key]
+
+
 def byte_pair_table(code: torch.Tensor) -> torch.Tensor:
-    """fp32 [256, 2]: for byte b, (code[b >> 4], code[b & 15]), the values of even and odd k.
-    Built once per `code` tensor (weights' tables live as long as the weights); build it before CUDA
-    graph capture, as any warm-up call does."""
-    key = (code.device, code.data_ptr())
-    table = _pair_tables.get(key)
-    if table is None:
-        capturing = code.is_cuda and torch.cuda.is_current_stream_capturing()
-        assert not capturing, "call nf4_matmul once before CUDA graph capture"
+    """fp32 [256, 2]: for byte b, (code[b >> 4], code[b & 15]), the values of even and odd k."""
+
+    def build() -> torch.Tensor:
         byte = torch.arange(256, device=code.device)
-        table = torch.stack((code[byte >> 4], code[byte & 0xF]), dim=-1).contiguous()  # [256, 2]
-        _pair_tables[key] = table
-    return table
+        return torch.stack((code[byte >> 4], code[byte & 0xF]), dim=-1).contiguous()  # [256, 2]
+
+    return _per_code("pairs", code, build)
 
 
 def code_values(code: torch.Tensor) -> tuple[float, ...]:
-    """The code table's values on the host (one device read per `code` tensor, cached; before CUDA graph
-    capture, as any warm-up call does)."""
-    key = (code.device, code.data_ptr())
-    values = _code_values.get(key)
-    if values is None:
-        assert not (code.is_cuda and torch.cuda.is_current_stream_capturing()), "call nf4_matmul before capture"
-        values = tuple(code.float().tolist())
-        _code_values[key] = values
-    return values
+    """The code table's values on the host (one device read per `code` tensor)."""
+    return _per_code("values", code, lambda: tuple(code.float().tolist()))
+
+
+def lut_words(code: torch.Tensor) -> torch.Tensor:
+    """int32 [4]: the register table's words that the kernel loads once per program (nf4_lut.register_words)."""
+
+    def build() -> torch.Tensor:
+        words = [w - (1 << 32) if w >> 31 else w for w in register_words(code_values(code))]  # as signed int32
+        return torch.tensor(words, dtype=torch.int32, device=code.device)
+
+    return _per_code("words", code, build)
 
 
 def _tickets_for(device: torch.device) -> torch.Tensor:
@@ -259,7 +281,7 @@ def nf4_matmul_triton(
         lora_splits, lora_r = t.shape[1], b_stack.shape[2]
     seg1, seg2 = segment_args(segments, cfg.block_n)
     lookup = 0 if INTERPRETED else cfg.lookup
-    table = byte_pair_table(code) if lookup == 3 else code
+    table = byte_pair_table(code) if lookup == 3 else lut_words(code) if lookup == 4 else code
     asm = lut_asm(code_values(code)) if lookup == 4 else ""
     _nf4_matmul_kernel[grid](
         x, qweight, absmax, table, y, ws, tickets, t, slot_ids, b_stack, scales, ranks,
@@ -267,7 +289,7 @@ def nf4_matmul_triton(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
         IS_SPLIT=is_split, USE_DOT=cfg.use_dot, HAS_LORA=lora is not None,
         BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1, LOOKUP=lookup, SWAP_AB=cfg.swap_ab,
-        LUT_ASM=asm,
+        LUT_ASM=asm, LUT_CONSTRAINTS=CONSTRAINTS,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y
