@@ -50,9 +50,10 @@ def m_bucket(m: int) -> int:
     return 1 << (m - 1).bit_length()
 
 
-def _lut(split_k: int) -> Nf4Config:
-    """The register-table tile (lookup 4): 32 weight rows, one 64-wide absmax block per step, 2 warps."""
-    return Nf4Config(16, 32, 64, split_k, use_dot=True, num_warps=2, num_stages=3, lookup=4, swap_ab=True)
+def _lut(split_k: int, block_n: int = 32, block_k: int = 64, num_stages: int = 3) -> Nf4Config:
+    """The register-table tile (lookup 4), 2 warps; by default 32 weight rows, one 64-wide absmax block per step."""
+    return Nf4Config(16, block_n, block_k, split_k, use_dot=True, num_warps=2, num_stages=num_stages, lookup=4,
+                     swap_ab=True)  # fmt: skip
 
 
 def _pair_table_dot(block_k: int) -> Nf4Config:
@@ -60,15 +61,15 @@ def _pair_table_dot(block_k: int) -> Nf4Config:
     return Nf4Config(16, 64, block_k, 1, use_dot=True, num_warps=4, num_stages=1, lookup=3, swap_ab=True)
 
 
-# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` (docs/KERNELS.md, run 4 on an H200):
-# the register-table tile won every shape at M = 1 and M = 8; its swapped tile pads the batch to 16 columns,
-# so its time does not depend on M and M = 1..16 share it. Llama-3-8B: fused qkv, o, fused gate_up, down.
+# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` (docs/KERNELS.md, run 7 on an H200,
+# M = 1): the swapped register-table tile pads the batch to 16 columns, so its time does not depend on M and
+# M = 1..16 share it (run 4 swept M = 8 too: same winners). Llama-3-8B: fused qkv, o, fused gate_up, down.
 TUNED_BLOCKSIZE = 64  # the absmax block size the table was measured with (bitsandbytes' default)
 TUNED: dict[tuple[int, int, int], Nf4Config] = {
-    **{(6144, 4096, m): _lut(8) for m in (1, 2, 4, 8, 16)},
-    **{(4096, 4096, m): _lut(8) for m in (1, 2, 4, 8, 16)},
-    **{(28672, 4096, m): _lut(2) for m in (1, 2, 4, 8, 16)},
-    **{(4096, 14336, m): _lut(8) for m in (1, 2, 4, 8, 16)},
+    **{(6144, 4096, m): _lut(8, block_k=128) for m in (1, 2, 4, 8, 16)},
+    **{(4096, 4096, m): _lut(8, block_k=256, num_stages=2) for m in (1, 2, 4, 8, 16)},
+    **{(28672, 4096, m): _lut(4, block_n=64) for m in (1, 2, 4, 8, 16)},
+    **{(4096, 14336, m): _lut(8, block_k=128) for m in (1, 2, 4, 8, 16)},
 }
 
 
