@@ -37,9 +37,11 @@ def _expected(stack: LoraStack, base: nn.Module, x: torch.Tensor, slots: torch.T
     return lora_reference(x, slots, stack.a, stack.b, stack.scales, stack.ranks, base(x).clone(), segments)
 
 
+@pytest.mark.parametrize("beside", [True, False], ids=["beside", "in_turn"])
 @torch.inference_mode()
-def test_shrink_beside_the_base_matmul_adds_each_rows_adapter(stack_and_base):
+def test_shrink_beside_the_base_matmul_adds_each_rows_adapter(stack_and_base, monkeypatch, beside: bool):
     stack, base = stack_and_base
+    monkeypatch.setattr(LoraStack, "shrink_beside", beside)
     x = torch.randn(5, K, device=DEVICE, dtype=torch.float16)
     slots = torch.tensor([0, -1, 2, 1, 3], device=DEVICE, dtype=torch.int32)
     got = stack.project(x, base, LoraRouting(token_slots=slots))

@@ -26,6 +26,8 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 class LoraStack:
+    shrink_beside = True  # decode on CUDA: shrink on a side stream beside the base matmul (False: in turn)
+
     def __init__(
         self,
         num_slots: int,
@@ -80,7 +82,11 @@ class LoraStack:
     ) -> torch.Tensor:
         # x: [T, K] -> base(x) plus each token's adapter delta: [T, N]
         if self.use_kernels and routing.token_slots is not None:
-            return self._project_beside(x, base, routing.token_slots)
+            if self.shrink_beside:
+                return self._project_beside(x, base, routing.token_slots)
+            t = lora_shrink(x, routing.token_slots, self.a, self.ranks, len(self.parts))  # [T, splits, G*R]
+            y = base(x)
+            return lora_expand(t, routing.token_slots, self.b, self.scales, self.ranks, y, self.segments)
         y = base(x)
         self.add_to(x, y, routing)
         return y
