@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,29 +56,18 @@ def step_bytes(eng: Engine) -> int:
 
 
 def run_decode(
-    eng: Engine,
-    batch: int,
-    prompt_len: int,
-    out_len: int,
-    arms: dict[str, list[str | None]],
-    switch: Callable[[str], None] | None = None,
+    eng: Engine, batch: int, prompt_len: int, out_len: int, arms: dict[str, list[str | None]]
 ) -> dict[str, dict]:
     """Each arm (a name -> one adapter per row) timed TIMED_RUNS times, arms taken in turn, medians per arm: arms
-    compared with each other see the same GPU clocks and neighbours. `switch(name)`, when given, sets the engine
-    up for an arm before each of its runs, followed by an untimed warm-up run."""
+    compared with each other see the same GPU clocks and neighbours."""
     prompts = [[(7 * r + 13 * i) % 1000 + 10 for i in range(prompt_len)] for r in range(batch)]
     params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
-    for name, adapters in arms.items():
-        if switch is not None:
-            switch(name)
+    for adapters in arms.values():
         eng.generate(prompts, params, adapters=adapters)  # warm-up: captures CUDA graphs
     totals: dict[str, list[float]] = {name: [] for name in arms}
     ttfts: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(TIMED_RUNS):
         for name, adapters in arms.items():
-            if switch is not None:
-                switch(name)
-                eng.generate(prompts, params, adapters=adapters)
             sync()
             t0 = time.perf_counter()
             results = eng.generate(prompts, params, adapters=adapters)

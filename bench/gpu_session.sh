@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One lent-GPU call per stage (each fits in 10 minutes); results land in ${OUT:-out}/<stage>/.
-#   bash bench/gpu_session.sh engine    # GPU tests (Triton kernels, render stream, LLM parking, LoRA side stream), bench_engine, bench_pipeline
+#   bash bench/gpu_session.sh engine    # GPU tests (Triton kernels, render stream, LLM parking), bench_engine, bench_pipeline
 #   bash bench/gpu_session.sh sdxl      # bench_sdxl: graphed/eager/diffusers, plans, capped cards with the 8B engine
 #   bash bench/gpu_session.sh kernels   # bench_kernels --check, sweep at M = 1, 8, 32, 64, --bench
 # BENCH_COMMIT names the commit in the reports (the device copy has no .git).
@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 case $stage in
 engine)
   timeout 120 python -m pytest tests/test_kernels_triton.py tests/test_fused_ops_triton.py tests/test_job_stream.py \
-    tests/test_decode_attention_triton.py tests/test_sdxl_graphed_unet.py tests/test_engine_parking.py tests/test_lora_overlap.py \
+    tests/test_decode_attention_triton.py tests/test_sdxl_graphed_unet.py tests/test_engine_parking.py \
     -q -p no:cacheprovider 2>&1 | tail -5
   timeout 300 python -m bench.bench_engine --out "$out/engine.json" 2>&1 | grep -v "Loading weights" | tee "$out/engine.log" | tail -22
   timeout 150 python -m bench.bench_pipeline --out "$out/pipe.json" 2>&1 | tee "$out/pipe.log" | tail -4

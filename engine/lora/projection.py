@@ -41,7 +41,8 @@ class Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, K] -> y: [T, N_total]
+        y = self.base(x)
         routing = current_routing()
-        if routing is None or self.lora is None:
-            return self.base(x)
-        return self.lora.project(x, self.base, routing)
+        if routing is not None and self.lora is not None:
+            self.lora.add_to(x, y, routing)
+        return y

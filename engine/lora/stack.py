@@ -7,27 +7,13 @@ Rank padding is zero and masked by `ranks`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from engine.kernels import lora_expand, lora_shrink
+from engine.kernels import lora_shrink_expand
 from engine.lora.context import LoraRouting
-
-_side_streams: dict[torch.device, torch.cuda.Stream] = {}
-
-
-def side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One high-priority stream per device for LoRA shrinks that run beside the base matmul."""
-    if device not in _side_streams:
-        _, highest = torch.cuda.Stream.priority_range()
-        _side_streams[device] = torch.cuda.Stream(device, priority=highest)
-    return _side_streams[device]
 
 
 class LoraStack:
-    shrink_beside = True  # decode on CUDA: shrink on a side stream beside the base matmul (False: in turn)
-
     def __init__(
         self,
         num_slots: int,
@@ -77,35 +63,6 @@ class LoraStack:
         self.rank_of_slot[slot] = 0
         self.active_rank = max(self.rank_of_slot)
 
-    def project(
-        self, x: torch.Tensor, base: Callable[[torch.Tensor], torch.Tensor], routing: LoraRouting
-    ) -> torch.Tensor:
-        # x: [T, K] -> base(x) plus each token's adapter delta: [T, N]
-        if self.use_kernels and routing.token_slots is not None:
-            if self.shrink_beside:
-                return self._project_beside(x, base, routing.token_slots)
-            t = lora_shrink(x, routing.token_slots, self.a, self.ranks, len(self.parts))  # [T, splits, G*R]
-            y = base(x)
-            return lora_expand(t, routing.token_slots, self.b, self.scales, self.ranks, y, self.segments)
-        y = base(x)
-        self.add_to(x, y, routing)
-        return y
-
-    def _project_beside(
-        self, x: torch.Tensor, base: Callable[[torch.Tensor], torch.Tensor], slots: torch.Tensor
-    ) -> torch.Tensor:
-        """CUDA kernels (decode): the shrink runs on a side stream while the base matmul runs (both only read x);
-        the expand waits for both. Each fork first waits for the caller's stream, so a buffer one stream frees is
-        reused by the other only after its last use; inside a CUDA graph capture the fork and join are graph edges."""
-        main = torch.cuda.current_stream(x.device)
-        side = side_stream(x.device)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            t = lora_shrink(x, slots, self.a, self.ranks, len(self.parts))  # [T, splits, G*R]
-        y = base(x)
-        main.wait_stream(side)
-        return lora_expand(t, slots, self.b, self.scales, self.ranks, y, self.segments)
-
     def add_to(self, x: torch.Tensor, y: torch.Tensor, routing: LoraRouting) -> None:
         # x: [T, K]; y: [T, N] projection output, updated in place
         if routing.runs:
@@ -116,6 +73,9 @@ class LoraStack:
                 first += n
             return
         assert routing.token_slots is not None
+        if self.use_kernels:
+            lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
+            return
         self._add_gathered(x, y, routing.token_slots)
 
     def _add_dense(self, x: torch.Tensor, y: torch.Tensor, s: int) -> None:
