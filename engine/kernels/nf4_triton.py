@@ -1,11 +1,13 @@
 """Triton NF4 matmul for small M (decode), reading bitsandbytes' packed layout directly.
 
 Each program owns a [BLOCK_M, BLOCK_N] output tile and a slice of K (split-K). Per K step it loads the
-packed bytes of BLOCK_K / 64 absmax blocks of BLOCK_N rows once, as a [BLOCK_N, blocks, 32] tile, looks
-both nibbles up in the 16-entry NF4 table (L1-resident), keeps even and odd k apart (no interleave, no
-reshape of the tile for the FMA path) and multiplies them with the even and odd columns of x: on tensor
-cores (fp16 operands, fp32 accumulation) or, for one row, with FMAs in the tile's own layout. Split-K partials go to a workspace; the last program to finish a tile (an
-atomic ticket per tile, reset by that program) sums them in a fixed order, so results are deterministic.
+packed bytes of BLOCK_K / 64 absmax blocks of BLOCK_N rows once. The default lookup (4) turns each block's
+bytes into fp16 codes with the register table of nf4_lut.py and multiplies them on tensor cores, the weight
+tile as the first operand (swap_ab), one dot per block scaled by its absmax in fp32. The other lookups read
+the 16-entry table from memory (L1-resident) into a [BLOCK_N, blocks, 32] tile, keep even and odd k apart and
+multiply them with the even and odd columns of x: on tensor cores or, for one row, with FMAs in the tile's
+own layout. Split-K partials go to a workspace; the last program to finish a tile (an atomic ticket per
+tile, reset by that program) sums them in a fixed order, so results are deterministic.
 No host syncs and fixed-size allocations only: CUDA-graph capturable once the ticket buffer exists
 (call once before capture, as any warm-up does).
 """
