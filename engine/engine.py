@@ -82,9 +82,7 @@ class Engine:
             self.device,
             self.dtype,
         )
-        self.adapters = AdapterRegistry(
-            self.model, config, self.device, self.dtype, self.run_on_engine_thread, kernels_available(self.device)
-        )
+        self.adapters = AdapterRegistry(self.model, config, self.device, self.dtype, self.run_on_engine_thread)
         self.runner = ModelRunner(self.model, self.cache, self.device, config.cuda_graphs, self.adapters.version)
         self.scheduler = Scheduler(config.max_batch_size)
         self._stats = StatsRecorder()

@@ -1,4 +1,8 @@
-"""Compact Llama model: RMSNorm, RoPE, GQA attention over a slot KV cache, SwiGLU MLP."""
+"""Compact Llama model: RMSNorm, RoPE, GQA attention over a slot KV cache, SwiGLU MLP.
+
+Decode with a different adapter per row fuses LoRA into the ops around the projections: each RMSNorm makes the
+shrink of the next qkv or gate_up, RoPE and SiLU-mul add their expands, and SiLU-mul makes down's shrink.
+Only o's shrink and expand and down's expand run as LoRA kernels of their own."""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.kernels.decode_attention import decode_attention
-from engine.kernels.fused_ops import add_rms_norm, rms_norm, rope_kv_write, silu_mul
+from engine.kernels.fused_ops import add_rms_norm, rope_kv_write, silu_mul
 from engine.kv_cache import KVCache
 from engine.lora.projection import Projection
+from engine.lora.stack import TokenLora
 from engine.model_config import LlamaArgs
 from engine.rope import RotaryEmbedding
 
@@ -57,15 +62,12 @@ class RMSNorm(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, D]; statistics in fp32 like the reference
-        return rms_norm(x, self.weight, self.eps)
-
-    def add_forward(self, h: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        # h, delta: [T, D] -> (h + delta, norm(h + delta)) in one pass; delta None: (h, norm(h))
-        if delta is None:
-            return h, self(h)
-        return add_rms_norm(h, delta, self.weight, self.eps)
+    def forward(
+        self, h: torch.Tensor, delta: torch.Tensor | None, lora: TokenLora | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        # h, delta: [T, D] -> (h + delta, norm(h + delta), lora's shrink of the norm) in one pass; delta None: h.
+        # Statistics in fp32 like the reference.
+        return add_rms_norm(h, delta, self.weight, self.eps, lora.shrink() if lora else None)
 
 
 class Attention(nn.Module):
@@ -75,12 +77,17 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
         self.q_size, self.kv_size = args.q_size, args.kv_size
 
-    def forward(self, x: torch.Tensor, meta: ForwardMeta, k_cache: torch.Tensor, v_cache: torch.Tensor):
-        # x: [T, D]; k_cache/v_cache: [S, Hkv, P, Dh]
+    def forward(
+        self, x: torch.Tensor, lora_t: torch.Tensor | None, meta: ForwardMeta, k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        # x: [T, D]; lora_t: qkv's LoRA shrink of x (decode), its expand then fused into RoPE;
+        # k_cache/v_cache: [S, Hkv, P, Dh]
         t = x.shape[0]
-        qkv = self.qkv(x)  # [T, (H + 2 Hkv) Dh]
+        qkv = self.qkv(x) if lora_t is None else self.qkv.base(x)  # [T, (H + 2 Hkv) Dh]
         cos, sin = meta.rope
         if meta.is_prefill:
+            assert lora_t is None, "per-row LoRA routing is for decode steps"
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = RotaryEmbedding.apply(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, Dh]
             k = RotaryEmbedding.apply(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, Dh]
@@ -89,8 +96,9 @@ class Attention(nn.Module):
                              zip(q.split(meta.prefill_lengths), k.split(meta.prefill_lengths),
                                  v.split(meta.prefill_lengths), meta.prefill_slots, strict=True)])  # fmt: skip
         else:
+            lora = None if lora_t is None else self.qkv.token_lora().expand(lora_t)
             q = rope_kv_write(qkv, meta.positions, cos, sin, k_cache, v_cache, self.num_heads, self.num_kv_heads,
-                              self.head_dim)  # fmt: skip
+                              self.head_dim, lora)  # fmt: skip
             out = decode_attention(q, k_cache, v_cache, meta.lengths, meta.kv_len)  # [n, H, Dh]
         return self.o(out.reshape(t, self.q_size))
 
@@ -115,8 +123,13 @@ class MLP(nn.Module):
         self.gate_up, self.down = gate_up, down
         self.intermediate_size = intermediate_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(silu_mul(self.gate_up(x), self.intermediate_size))  # gate_up: [T, 2I]
+    def forward(self, x: torch.Tensor, lora_t: torch.Tensor | None) -> torch.Tensor:
+        # x: [T, D]; lora_t: gate_up's LoRA shrink of x (decode), its expand then fused into SiLU-mul
+        expand = None if lora_t is None else self.gate_up.token_lora().expand(lora_t)
+        gate_up = self.gate_up(x) if lora_t is None else self.gate_up.base(x)  # [T, 2I]
+        down = self.down.token_lora()
+        act, down_t = silu_mul(gate_up, self.intermediate_size, expand, down.shrink() if down else None)
+        return self.down(act) if down is None else down.add(self.down.base(act), down_t)
 
 
 class DecoderLayer(nn.Module):
@@ -129,9 +142,10 @@ class DecoderLayer(nn.Module):
         v_cache: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         # h: residual stream [T, D] still missing `delta` (the previous layer's MLP output); -> (h, this MLP's output)
-        h, x = self.attn_norm.add_forward(h, delta)
-        h, x = self.mlp_norm.add_forward(h, self.attn(x, meta, k_cache, v_cache))
-        return h, self.mlp(x)
+        h, x, qkv_t = self.attn_norm(h, delta, self.attn.qkv.token_lora())
+        h, x, gate_up_t = self.mlp_norm(h, self.attn(x, qkv_t, meta, k_cache, v_cache),
+                                                    self.mlp.gate_up.token_lora())  # fmt: skip
+        return h, self.mlp(x, gate_up_t)
 
 
 class LlamaModel(nn.Module):
@@ -181,4 +195,4 @@ class LlamaModel(nn.Module):
             assert meta.is_prefill, "last_only picks each prompt's last token"
             rows = meta.last_rows()
             h, delta = h[rows], delta[rows]
-        return (self.norm.add_forward(h, delta)[1] @ self.lm_head.t()).float()
+        return (self.norm(h, delta)[1] @ self.lm_head.t()).float()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
-from engine.kernels.fused_ops import add_rms_norm, rms_norm, rope_kv_write, silu_mul
+from engine.kernels.fused_ops import add_rms_norm, rope_kv_write, silu_mul
 from engine.rope import RotaryEmbedding
 
 DTYPES = [torch.float32, torch.float16]
@@ -29,7 +29,9 @@ def _hf_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def test_rms_norm_matches_transformers(shape: tuple[int, int], dtype: torch.dtype) -> None:
     x = _randn(*shape, dtype=dtype, seed=0) * 3
     weight = _randn(shape[1], dtype=dtype, seed=1)
-    assert torch.equal(rms_norm(x, weight, 1e-5), _hf_norm(x, weight, 1e-5))
+    h_new, y, t = add_rms_norm(x, None, weight, 1e-5)
+    assert h_new is x and t is None
+    assert torch.equal(y, _hf_norm(x, weight, 1e-5))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -37,7 +39,7 @@ def test_add_rms_norm_returns_the_sum_and_its_norm(dtype: torch.dtype) -> None:
     h, delta = _randn(4, 96, dtype=dtype, seed=2), _randn(4, 96, dtype=dtype, seed=3)
     weight = _randn(96, dtype=dtype, seed=4)
     h_before = h.clone()
-    h_new, y = add_rms_norm(h, delta, weight, 1e-6)
+    h_new, y, _ = add_rms_norm(h, delta, weight, 1e-6)
     assert torch.equal(h_new, h + delta)
     assert torch.equal(y, _hf_norm(h + delta, weight, 1e-6))
     assert torch.equal(h, h_before)
@@ -50,7 +52,8 @@ def test_silu_mul_matches_the_formula(shape: tuple[int, int], dtype: torch.dtype
     gate_up = _randn(t, 2 * i, dtype=dtype, seed=5) * 4
     g, u = gate_up.double()[:, :i], gate_up.double()[:, i:]
     expected = g / (1 + torch.exp(-g)) * u
-    act = silu_mul(gate_up, i)
+    act, shrunk = silu_mul(gate_up, i)
+    assert shrunk is None
     assert act.shape == (t, i) and act.dtype == dtype
     tol = 1e-6 if dtype == torch.float32 else 1e-3  # fp16: one rounding of the result
     torch.testing.assert_close(act.double(), expected, rtol=tol, atol=tol)
@@ -107,9 +110,9 @@ def test_rope_kv_write_keeps_qkv() -> None:
 def test_bad_shapes_name_the_argument() -> None:
     x = torch.zeros(2, 8)
     with pytest.raises(ValueError, match="weight"):
-        rms_norm(x, torch.zeros(7), 1e-5)
+        add_rms_norm(x, None, torch.zeros(7), 1e-5)
     with pytest.raises(ValueError, match="weight"):
-        rms_norm(x, torch.zeros(8, dtype=torch.float16), 1e-5)
+        add_rms_norm(x, None, torch.zeros(8, dtype=torch.float16), 1e-5)
     with pytest.raises(ValueError, match="delta"):
         add_rms_norm(x, torch.zeros(2, 7), torch.zeros(8), 1e-5)
     with pytest.raises(ValueError, match="gate_up"):

@@ -19,7 +19,7 @@ def test_runs_merge_neighbours_on_one_slot_and_vanish_without_adapters():
 def test_runs_add_what_per_token_routing_adds():
     torch.manual_seed(0)
     parts = [(0, 6), (6, 4)]  # a fused projection of two parts, like q and k
-    stack = LoraStack(3, 4, 8, parts, torch.device("cpu"), torch.float32, use_kernels=False)
+    stack = LoraStack(3, 4, 8, parts, torch.device("cpu"), torch.float32)
     for slot, rank in ((0, 4), (1, 2)):  # slot 2 stays empty
         stack.write(slot, {g: (torch.randn(rank, 8), torch.randn(width, rank), 0.5 + g) for g, (_, width) in
                            enumerate(parts)})  # fmt: skip

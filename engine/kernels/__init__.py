@@ -19,11 +19,12 @@ from engine.kernels.lora_reference import (
     lora_reference,
     lora_shrink_reference,
 )
-from engine.kernels.lora_types import LoraExpand
+from engine.kernels.lora_types import LoraExpand, LoraShrink
 from engine.kernels.nf4_reference import check_nf4_args, nf4_dequantize_reference, nf4_matmul_reference
 
 __all__ = [
     "LoraExpand",
+    "LoraShrink",
     "lora_expand",
     "lora_reference",
     "lora_shrink",

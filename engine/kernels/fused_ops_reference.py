@@ -2,6 +2,7 @@
 
 The numerics follow engine/model.py: RMSNorm statistics in fp32 with the normalized row rounded to the
 activation dtype before the weight multiply; RoPE by RotaryEmbedding.apply on the gathered table rows.
+A fused LoRA expand adds to the op's input (rounded to its dtype) first; a fused shrink reads the op's output.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.kernels.lora_reference import lora_expand_reference, lora_shrink_reference
+from engine.kernels.lora_types import LoraExpand, LoraShrink
 from engine.rope import RotaryEmbedding
 
 
@@ -72,17 +75,30 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 
 def add_rms_norm_reference(
-    h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # h, delta: [T, D] -> h_new = h + delta, y = rms_norm(h_new)
-    h_new = h + delta
-    return h_new, rms_norm_reference(h_new, weight, eps)
+    h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, shrink: LoraShrink | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    # h, delta: [T, D] -> h_new = h (+ delta), y = rms_norm(h_new), t = the shrink of y [T, 1, G*R]
+    h_new = h if delta is None else h + delta
+    y = rms_norm_reference(h_new, weight, eps)
+    return h_new, y, _shrink(y, shrink)
 
 
-def silu_mul_reference(gate_up: torch.Tensor, intermediate: int) -> torch.Tensor:
-    # gate_up: [T, 2I] -> [T, I]
-    gate, up = gate_up.float().split(intermediate, dim=-1)
-    return (F.silu(gate) * up).to(gate_up.dtype)
+def silu_mul_reference(
+    gate_up: torch.Tensor, intermediate: int, lora: LoraExpand | None = None, shrink: LoraShrink | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # gate_up: [T, 2I] -> act [T, I], t = the shrink of act [T, 1, G*R]
+    gate, up = _expand(gate_up, lora).float().split(intermediate, dim=-1)
+    act = (F.silu(gate) * up).to(gate_up.dtype)
+    return act, _shrink(act, shrink)
+
+
+def _expand(y: torch.Tensor, lora: LoraExpand | None) -> torch.Tensor:
+    """y plus its LoRA delta, as a new tensor (y itself when there is none)."""
+    return y if lora is None else lora_expand_reference(*lora[:5], y.clone(), lora.segments)
+
+
+def _shrink(x: torch.Tensor, shrink: LoraShrink | None) -> torch.Tensor | None:
+    return None if shrink is None else lora_shrink_reference(x, *shrink)
 
 
 def rope_kv_write_reference(
@@ -95,8 +111,10 @@ def rope_kv_write_reference(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
+    lora: LoraExpand | None = None,
 ) -> torch.Tensor:
     # qkv: [n, (H + 2*Hkv) * Dh]; positions: [n]; cos, sin: [P, Dh]; caches: [S, Hkv, P, Dh] -> q [n, H, Dh]
+    qkv = _expand(qkv, lora)
     n = qkv.shape[0]
     q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
     q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)

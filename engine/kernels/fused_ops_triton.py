@@ -1,9 +1,12 @@
 """Triton kernels that fuse the small elementwise ops of a decode step (memory-bound, one pass each).
 
-rms_norm:      y = w * (x * rsqrt(mean(x^2) + eps)), one program per row (the residual add optionally fused)
-silu_mul:      act = silu(gate) * up, one program per (row, column block)
+rms_norm:      y = w * (x * rsqrt(mean(x^2) + eps)), one program per row (the residual add optionally fused);
+               with the next projection's LoRA shrink one program per (row, K slice), each finding the row's
+               statistics itself
+silu_mul:      act = silu(gate) * up, one program per (row, column block); optionally gate_up's LoRA expand
+               first and the down projection's LoRA shrink after
 rope_kv_write: rotate q and k heads by the row's position, write k and v into the row's KV-cache slot,
-               one program per (row, q or kv head)
+               one program per (row, q or kv head); optionally qkv's LoRA expand first
 Math in fp32; stores round to the tensor's dtype. RMSNorm rounds the normalized row to the activation dtype
 before the weight multiply, like engine/model.py and transformers' LlamaRMSNorm. No host syncs and static
 grids, so every launch can be captured in a CUDA graph.
@@ -15,52 +18,104 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.kernels.lora_triton import expand_args, lora_delta_tile, lora_shrink_slice, shrink_args
+from engine.kernels.lora_types import LoraExpand, LoraShrink
+
 SILU_MUL_BLOCK = 1024
+LORA_SILU_MUL_BLOCK = 512  # more programs, so the adapter reads spread over more SMs
+NORM_SHRINK_SLICE = 512
 
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, delta_ptr, h_out_ptr, w_ptr, y_ptr, D, eps,
-    HAS_ADD: tl.constexpr, BLOCK_D: tl.constexpr,
+    slot_ptr, a_ptr, rank_ptr, t_ptr, R_TOTAL, SEG_R,
+    HAS_ADD: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SHRINK: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_RT: tl.constexpr,
 ):  # fmt: skip
-    """Row r: h = x[r] (+ delta[r], stored to h_out[r]), y[r] = w * rms_normalized(h)."""
-    base = tl.program_id(0).to(tl.int64) * D
+    """Row r: h = x[r] (+ delta[r], stored to h_out[r]), y[r] = w * rms_normalized(h). With the shrink, program
+    (r, j) stores columns [j*BLOCK_K, (j+1)*BLOCK_K) of h_out and y, and that slice's shrink partial t[r, j]."""
+    row = tl.program_id(0)
+    base = row.to(tl.int64) * D
     offs = tl.arange(0, BLOCK_D)
-    mask = offs < D
-    h = tl.load(x_ptr + base + offs, mask=mask, other=0.0)  # [BD]
-    if HAS_ADD:
-        delta = tl.load(delta_ptr + base + offs, mask=mask, other=0.0)
-        h = (h.to(tl.float32) + delta.to(tl.float32)).to(h_out_ptr.dtype.element_ty)
-        tl.store(h_out_ptr + base + offs, h, mask=mask)
+    h = _residual(x_ptr, delta_ptr, h_out_ptr, base, offs, offs < D, HAS_ADD)  # [BD]
     hf = h.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(hf * hf, axis=0) / D + eps)
+    if HAS_SHRINK:
+        split = tl.program_id(1)
+        offs = split * BLOCK_K + tl.arange(0, BLOCK_K)
+        hf = _residual(x_ptr, delta_ptr, h_out_ptr, base, offs, offs < D, HAS_ADD).to(tl.float32)  # [BK]
+    mask = offs < D
+    if HAS_ADD:
+        tl.store(h_out_ptr + base + offs, hf.to(h_out_ptr.dtype.element_ty), mask=mask)
     normed = (hf * rstd).to(y_ptr.dtype.element_ty).to(tl.float32)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + base + offs, (w * normed).to(y_ptr.dtype.element_ty), mask=mask)
+    y = (w * normed).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + base + offs, y, mask=mask)
+    if HAS_SHRINK:
+        lora_shrink_slice(y.to(tl.float32), offs, mask, row, split, tl.num_programs(1), slot_ptr, a_ptr, rank_ptr,
+                          t_ptr, D, R_TOTAL, SEG_R, BLOCK_RT)  # fmt: skip
 
 
 @triton.jit
-def _silu_mul_kernel(gate_up_ptr, out_ptr, inter, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+def _residual(x_ptr, delta_ptr, h_out_ptr, base, offs, mask, HAS_ADD: tl.constexpr):
+    """x[offs] (+ delta[offs], rounded to the residual's dtype) of one row."""
+    h = tl.load(x_ptr + base + offs, mask=mask, other=0.0)
+    if HAS_ADD:
+        delta = tl.load(delta_ptr + base + offs, mask=mask, other=0.0)
+        h = (h.to(tl.float32) + delta.to(tl.float32)).to(h_out_ptr.dtype.element_ty)
+    return h
+
+
+@triton.jit
+def _silu_mul_kernel(
+    gate_up_ptr, out_ptr, M, inter,
+    et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, e_r, e_seg1, e_seg2,
+    sslot_ptr, sa_ptr, srank_ptr, st_ptr, s_rtotal, s_segr,
+    BLOCK: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
+    T_SPLITS: tl.constexpr, HAS_SHRINK: tl.constexpr, BLOCK_RT: tl.constexpr,
+):  # fmt: skip
+    """Program (row, j): act[row, j-th block] = silu(gate) * up, gate_up's LoRA delta added to gate and up
+    first (HAS_LORA), the down projection's shrink partial of this block into t[row, j] after (HAS_SHRINK)."""
+    row = tl.program_id(0)
+    col0 = tl.program_id(1) * BLOCK
+    offs = col0 + tl.arange(0, BLOCK)
     mask = offs < inter
-    gate = tl.load(gate_up_ptr + row * 2 * inter + offs, mask=mask, other=0.0).to(tl.float32)  # [BLOCK]
-    up = tl.load(gate_up_ptr + row * 2 * inter + inter + offs, mask=mask, other=0.0).to(tl.float32)
-    act = gate * tl.sigmoid(gate) * up
-    tl.store(out_ptr + row * inter + offs, act.to(out_ptr.dtype.element_ty), mask=mask)
+    src = gate_up_ptr + row.to(tl.int64) * 2 * inter
+    gate = tl.load(src + offs, mask=mask, other=0.0)  # [BLOCK]
+    up = tl.load(src + inter + offs, mask=mask, other=0.0)
+    if HAS_LORA:  # rounded to the activation dtype, as if the expand had written gate_up
+        rows = row + tl.arange(0, 1)
+        d_gate = lora_delta_tile(et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, rows, col0, M, 2 * inter, e_r,
+                                 e_seg1, e_seg2, 1, BLOCK, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
+        d_up = lora_delta_tile(et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, rows, inter + col0, M, 2 * inter,
+                               e_r, e_seg1, e_seg2, 1, BLOCK, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
+        gate = (gate.to(tl.float32) + tl.reshape(d_gate, (BLOCK,))).to(gate_up_ptr.dtype.element_ty)
+        up = (up.to(tl.float32) + tl.reshape(d_up, (BLOCK,))).to(gate_up_ptr.dtype.element_ty)
+    gate = gate.to(tl.float32)
+    act = (gate * tl.sigmoid(gate) * up.to(tl.float32)).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row.to(tl.int64) * inter + offs, act, mask=mask)
+    if HAS_SHRINK:
+        lora_shrink_slice(act.to(tl.float32), offs, mask, row, tl.program_id(1), tl.num_programs(1), sslot_ptr,
+                          sa_ptr, srank_ptr, st_ptr, inter, s_rtotal, s_segr, BLOCK_RT)  # fmt: skip
 
 
 @triton.jit
 def _rope_kv_write_kernel(
     qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
     num_positions, stride_qkv, stride_slot, stride_head, stride_pos,
+    t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, lora_r, seg1, seg2, M,
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr,
 ):  # fmt: skip
     """Program (row, head): head < H rotates q head `head` into q[row]; otherwise kv head j = head - H: its
     rotated k and raw v go to cache[row, j, positions[row]]. Head `head` of either kind starts at column
-    head * Dh of qkv (q heads, then k heads); v head j starts at column (H + Hkv + j) * Dh."""
+    head * Dh of qkv (q heads, then k heads); v head j starts at column (H + Hkv + j) * Dh. HAS_LORA: qkv's
+    LoRA delta is added to each half head first (rounded to qkv's dtype, as if the expand had written qkv)."""
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
+    width = (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM
+    lora = (t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, row, M, stride_qkv, width, lora_r, seg1, seg2)
     pos = tl.load(pos_ptr + row)
     in_table = (pos >= 0) & (pos < num_positions)  # a stray position writes nothing instead of out of bounds
     pos = tl.where(in_table, pos, 0)
@@ -72,9 +127,10 @@ def _rope_kv_write_kernel(
     cos2 = tl.load(cos_ptr + table + half, mask=mask, other=0.0).to(tl.float32)
     sin1 = tl.load(sin_ptr + table, mask=mask, other=0.0).to(tl.float32)
     sin2 = tl.load(sin_ptr + table + half, mask=mask, other=0.0).to(tl.float32)
-    src = qkv_ptr + row * stride_qkv + head * HEAD_DIM
-    x1 = tl.load(src + offs, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + half + offs, mask=mask, other=0.0).to(tl.float32)
+    x1 = _qkv_half(qkv_ptr, head * HEAD_DIM, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG,
+                   T_SPLITS).to(tl.float32)  # fmt: skip
+    x2 = _qkv_half(qkv_ptr, head * HEAD_DIM + half, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG,
+                   T_SPLITS).to(tl.float32)  # fmt: skip
     # x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1)
     out1 = (x1 * cos1 - x2 * sin1).to(q_ptr.dtype.element_ty)
     out2 = (x2 * cos2 + x1 * sin2).to(q_ptr.dtype.element_ty)
@@ -88,47 +144,66 @@ def _rope_kv_write_kernel(
         store_mask = mask & in_table
         tl.store(k_cache_ptr + slot + offs, out1, mask=store_mask)
         tl.store(k_cache_ptr + slot + half + offs, out2, mask=store_mask)
-        v_src = qkv_ptr + row * stride_qkv + (head + NUM_KV_HEADS) * HEAD_DIM
-        v1 = tl.load(v_src + offs, mask=mask, other=0.0)
-        v2 = tl.load(v_src + half + offs, mask=mask, other=0.0)
+        v_col = (head + NUM_KV_HEADS) * HEAD_DIM
+        v1 = _qkv_half(qkv_ptr, v_col, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS)
+        v2 = _qkv_half(qkv_ptr, v_col + half, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS)
         tl.store(v_cache_ptr + slot + offs, v1, mask=store_mask)
         tl.store(v_cache_ptr + slot + half + offs, v2, mask=store_mask)
+
+
+@triton.jit
+def _qkv_half(
+    qkv_ptr, col0, offs, mask, lora, HAS_LORA: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_R: tl.constexpr,
+    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr,
+):  # fmt: skip
+    """qkv[row, col0 + offs] in qkv's dtype, plus the row's LoRA delta for those columns with HAS_LORA."""
+    t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, row, M, stride_qkv, width, lora_r, seg1, seg2 = lora
+    x = tl.load(qkv_ptr + row * stride_qkv + col0 + offs, mask=mask, other=0.0)  # [BH]
+    if HAS_LORA:
+        delta = lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, row + tl.arange(0, 1), col0, M,
+                                width, lora_r, seg1, seg2, 1, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
+        x = (x.to(tl.float32) + tl.reshape(delta, (BLOCK_HALF,))).to(qkv_ptr.dtype.element_ty)
+    return x
 
 
 def _norm_warps(block: int) -> int:
     return min(max(block // 512, 1), 8)
 
 
-def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # x: [T, D] contiguous -> y [T, D]
-    t, d = x.shape
-    y = torch.empty_like(x)
-    block = triton.next_power_of_2(d)
-    _rms_norm_kernel[(t,)](x, x, x, weight, y, d, eps, HAS_ADD=False, BLOCK_D=block, num_warps=_norm_warps(block))
-    return y
-
-
 def add_rms_norm_triton(
-    h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # h, delta: [T, D] contiguous -> h_new = h + delta, y = rms_norm(h_new)
+    h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, shrink: LoraShrink | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    # h, delta: [T, D] contiguous -> h_new = h (+ delta), y = rms_norm(h_new), t = the shrink of y [T, splits, G*R]
     t, d = h.shape
-    h_new, y = torch.empty_like(h), torch.empty_like(h)
+    h_new = h if delta is None else torch.empty_like(h)
+    y = torch.empty_like(h)
     block = triton.next_power_of_2(d)
-    _rms_norm_kernel[(t,)](
-        h, delta, h_new, weight, y, d, eps, HAS_ADD=True, BLOCK_D=block, num_warps=_norm_warps(block)
-    )
-    return h_new, y
+    block_k = min(NORM_SHRINK_SLICE, block) if shrink is not None else block
+    splits = triton.cdiv(d, block_k)
+    lora_args, lora_consts = shrink_args(shrink, t, splits, h)
+    _rms_norm_kernel[(t, splits)](
+        h, h if delta is None else delta, h_new, weight, y, d, eps, *lora_args,
+        HAS_ADD=delta is not None, BLOCK_D=block, BLOCK_K=block_k, **lora_consts, num_warps=_norm_warps(block),
+    )  # fmt: skip
+    return h_new, y, lora_args[3] if shrink is not None else None
 
 
-def silu_mul_triton(gate_up: torch.Tensor, intermediate: int) -> torch.Tensor:
-    # gate_up: [T, 2I] contiguous -> act [T, I]
+def silu_mul_triton(
+    gate_up: torch.Tensor, intermediate: int, lora: LoraExpand | None = None, shrink: LoraShrink | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # gate_up: [T, 2I] contiguous -> act [T, I], t = the shrink of act [T, splits, G*R]
     t = gate_up.shape[0]
     act = torch.empty((t, intermediate), device=gate_up.device, dtype=gate_up.dtype)
-    block = min(SILU_MUL_BLOCK, triton.next_power_of_2(intermediate))
-    grid = (t, triton.cdiv(intermediate, block))
-    _silu_mul_kernel[grid](gate_up, act, intermediate, BLOCK=block, num_warps=4)
-    return act
+    fused = lora is not None or shrink is not None
+    block = min(LORA_SILU_MUL_BLOCK if fused else SILU_MUL_BLOCK, triton.next_power_of_2(intermediate))
+    splits = triton.cdiv(intermediate, block)
+    expand, expand_consts = expand_args(lora, gate_up, 1)  # a gate tile's columns past I are masked
+    shrunk, shrink_consts = shrink_args(shrink, t, splits, gate_up)
+    _silu_mul_kernel[(t, splits)](
+        gate_up, act, t, intermediate, *expand, *shrunk,
+        BLOCK=block, **expand_consts, **shrink_consts, num_warps=4,
+    )  # fmt: skip
+    return act, shrunk[3] if shrink is not None else None
 
 
 def rope_kv_write_triton(
@@ -141,16 +216,18 @@ def rope_kv_write_triton(
     num_heads: int,
     num_kv_heads: int,
     head_dim: int,
+    lora: LoraExpand | None = None,
 ) -> torch.Tensor:
-    # qkv: [n, (H + 2*Hkv) * Dh] with unit column stride; cos, sin: [P, Dh] contiguous;
+    # qkv: [n, (H + 2*Hkv) * Dh] contiguous; cos, sin: [P, Dh] contiguous;
     # k_cache, v_cache: [S, Hkv, P, Dh] with equal strides and unit last stride -> q [n, H, Dh]
     n = qkv.shape[0]
     q = torch.empty((n, num_heads, head_dim), device=qkv.device, dtype=qkv.dtype)
     stride_slot, stride_head, stride_pos, _ = k_cache.stride()
+    expand, expand_consts = expand_args(lora, qkv, head_dim // 2)  # half heads never straddle q, k and v
     _rope_kv_write_kernel[(n, num_heads + num_kv_heads)](
         qkv, positions, cos, sin, q, k_cache, v_cache,
-        cos.shape[0], qkv.stride(0), stride_slot, stride_head, stride_pos,
+        cos.shape[0], qkv.stride(0), stride_slot, stride_head, stride_pos, *expand, n,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        BLOCK_HALF=triton.next_power_of_2(head_dim // 2), num_warps=1,
+        BLOCK_HALF=triton.next_power_of_2(head_dim // 2), **expand_consts, num_warps=1,
     )  # fmt: skip
     return q

@@ -3,15 +3,20 @@
 shrink: t[m, split, :] = x[m, k-slice] @ A_s[:, k-slice]^T             (fp32 partial sums, one per K split)
 expand: y[m, n]       += scale_s * (sum_split t[m, split, g*R : g*R + rank_s]) . B_s[n, :rank_s]
 s = slot_ids[m], g = segment of column n (fused projections, see lora_reference.py). Rows with slot -1
-read nothing and add nothing; rank padding is masked, so it is never read. The expand step is also fused
-into the NF4 matmul's epilogue (nf4_triton.py) through `lora_delta_tile`.
+read nothing and add nothing; rank padding is masked, so it is never read. Both steps also fuse into the
+kernels next to a projection through `lora_delta_tile` and `lora_shrink_slice`: the expand into the NF4
+matmul's epilogue (nf4_triton.py), RoPE and SiLU-mul, the shrink into RMSNorm and SiLU-mul (fused_ops_triton.py).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
+
+from engine.kernels.lora_types import LoraExpand, LoraShrink
 
 R_CHUNK = tl.constexpr(16)
 SHRINK_BLOCK_K = 128
@@ -22,11 +27,13 @@ EXPAND_BLOCK_N = 128
 
 @triton.jit
 def lora_delta_tile(
-    t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R, num_t_splits, seg1, seg2,
+    t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
+    T_SPLITS: tl.constexpr,
 ):  # fmt: skip
     """scale_s * t[m, g*R : g*R + r] . B_s[n, :r] for a [BLOCK_M, BLOCK_N] tile starting at column n_start
-    (the whole tile lies in segment g); fp32; zero for rows without an adapter."""
+    (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. The T_SPLITS
+    partial sums of t load unrolled, so their latencies overlap."""
     m_mask = offs_m < M
     slots = tl.load(slot_ptr + offs_m, mask=m_mask, other=-1)  # [BM]
     active = slots >= 0
@@ -46,8 +53,8 @@ def lora_delta_tile(
             offs_r = r0 + tl.arange(0, R_CHUNK)  # [RC]
             r_mask = offs_r[None, :] < rank[:, None]  # [BM, RC]
             t = tl.zeros((BLOCK_M, R_CHUNK), tl.float32)
-            for i in range(num_t_splits):
-                t_ptrs = t_ptr + (offs_m[:, None] * num_t_splits + i) * (NUM_SEG * R) + seg * R + offs_r[None, :]
+            for i in tl.static_range(T_SPLITS):
+                t_ptrs = t_ptr + (offs_m[:, None] * T_SPLITS + i) * (NUM_SEG * R) + seg * R + offs_r[None, :]
                 t += tl.load(t_ptrs, mask=r_mask, other=0.0)
             b = tl.load(
                 b_ptr + s[:, None, None] * (N * R) + offs_n[None, :, None] * R + offs_r[None, None, :],
@@ -56,6 +63,30 @@ def lora_delta_tile(
             )  # [BM, BN, RC]
             delta += tl.sum(b.to(tl.float32) * t[:, None, :], axis=2)
     return delta * scale[:, None]
+
+
+@triton.jit
+def lora_shrink_slice(
+    xk, offs_k, k_mask, row, split, num_splits, slot_ptr, a_ptr, rank_ptr, t_ptr, K, R_TOTAL, SEG_R,
+    BLOCK_RT: tl.constexpr,
+):  # fmt: skip
+    """t[row, split, :] = xk . A_s[:, offs_k]^T for one row's K slice xk [BK] (fp32), s = slot_ids[row];
+    rank-masked in each segment of SEG_R rows, zero for a row without an adapter."""
+    slot = tl.load(slot_ptr + row)
+    s = tl.maximum(slot, 0)
+    rank = tl.where(slot >= 0, tl.load(rank_ptr + s), 0)
+    for r0 in tl.static_range(0, BLOCK_RT, R_CHUNK):
+        offs_r = r0 + tl.arange(0, R_CHUNK)
+        r_mask = ((offs_r % SEG_R) < rank) & (offs_r < R_TOTAL)
+        t = tl.zeros([R_CHUNK], tl.float32)
+        if tl.max(r_mask.to(tl.int32), axis=0) > 0:  # chunks of rank padding only store zeros
+            a = tl.load(
+                a_ptr + s * (R_TOTAL * K) + offs_r[:, None] * K + offs_k[None, :],
+                mask=r_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            )  # [RC, BK]
+            t = tl.sum(a.to(tl.float32) * xk[None, :], axis=1)  # [RC]
+        tl.store(t_ptr + (row * num_splits + split) * R_TOTAL + offs_r, t, mask=offs_r < R_TOTAL)
 
 
 @triton.jit
@@ -94,14 +125,15 @@ def _lora_shrink_kernel(
 
 @triton.jit
 def _lora_expand_kernel(
-    t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, y_ptr, M, N, R, num_t_splits, seg1, seg2, stride_ym,
+    t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, y_ptr, M, N, R, seg1, seg2, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
+    T_SPLITS: tl.constexpr,
 ):  # fmt: skip
     n_start = tl.program_id(0) * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    delta = lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R,
-                            num_t_splits, seg1, seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG)  # fmt: skip
+    delta = lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R, seg1, seg2,
+                            BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
     slots = tl.load(slot_ptr + offs_m, mask=offs_m < M, other=-1)
     mask = (slots >= 0)[:, None] & (offs_n < N)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -120,6 +152,29 @@ def segment_args(segments: tuple[int, ...], block_n: int) -> tuple[int, int]:
     assert all(c % block_n == 0 for c in segments), f"segment starts {segments} must be multiples of {block_n}"
     padded = (*segments, 0, 0)
     return padded[0], padded[1]
+
+
+def expand_args(lora: LoraExpand | None, dummy: torch.Tensor, block_n: int) -> tuple[tuple, dict[str, Any]]:
+    """A fused expand's kernel arguments: (t, slot_ids, B, scales, ranks, R, seg1, seg2) and its constexprs
+    (HAS_LORA, BLOCK_R, NUM_SEG, T_SPLITS); `dummy` fills the pointers without one. Tiles are block_n wide."""
+    if lora is None:
+        return (dummy,) * 5 + (1, 0, 0), dict(HAS_LORA=False, BLOCK_R=R_CHUNK.value, NUM_SEG=1, T_SPLITS=1)
+    t, slot_ids, b_stack, scales, ranks, segments = lora
+    r = b_stack.shape[2]
+    consts = dict(HAS_LORA=True, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1, T_SPLITS=t.shape[1])
+    return (t, slot_ids, b_stack, scales, ranks, r, *segment_args(segments, block_n)), consts
+
+
+def shrink_args(shrink: LoraShrink | None, rows: int, splits: int, like: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+    """A fused shrink's output t [rows, splits, G*R] fp32 and its kernel arguments (slot_ids, A, ranks, t,
+    R_TOTAL, SEG_R) and constexprs (HAS_SHRINK, BLOCK_RT); `like` fills the pointers without one."""
+    if shrink is None:
+        return (like,) * 4 + (1, 1), dict(HAS_SHRINK=False, BLOCK_RT=R_CHUNK.value)
+    slot_ids, a_stack, ranks, num_segments = shrink
+    r_total = a_stack.shape[1]
+    t = torch.empty((rows, splits, r_total), dtype=torch.float32, device=like.device)
+    consts = dict(HAS_SHRINK=True, BLOCK_RT=block_r(r_total))
+    return (slot_ids, a_stack, ranks, t, r_total, r_total // num_segments), consts
 
 
 def lora_shrink_triton(
@@ -158,7 +213,8 @@ def lora_expand_triton(
     if m:
         grid = (triton.cdiv(n, EXPAND_BLOCK_N), triton.cdiv(m, block_m))
         _lora_expand_kernel[grid](
-            t, slot_ids, b_stack, scales, ranks, y, m, n, r, splits, seg1, seg2, y.stride(0),
-            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1, num_warps=4,
+            t, slot_ids, b_stack, scales, ranks, y, m, n, r, seg1, seg2, y.stride(0),
+            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1,
+            T_SPLITS=splits, num_warps=4,
         )  # fmt: skip
     return y

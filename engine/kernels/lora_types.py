@@ -1,4 +1,5 @@
-"""The LoRA expand arguments that `nf4_matmul` fuses into its epilogue."""
+"""The LoRA halves that other kernels fuse: the shrink into the op that makes a projection's input, the
+expand into the op that consumes its output (or into `nf4_matmul`'s epilogue)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,17 @@ from typing import NamedTuple
 import torch
 
 
+class LoraShrink(NamedTuple):
+    """The shrink half of LoRA: t = x @ A_s^T per row, fused into the op that computes x."""
+
+    slot_ids: torch.Tensor  # [M] int32, -1 = no adapter
+    a_stack: torch.Tensor  # [S, G*R, K] fp16
+    ranks: torch.Tensor  # [S] int32
+    num_segments: int = 1  # G: the rank mask applies in each of the G blocks of R rows
+
+
 class LoraExpand(NamedTuple):
-    """The expand half of LoRA, fused into `nf4_matmul`'s epilogue: t is `lora_shrink`'s output."""
+    """The expand half of LoRA: y += scale_s * t @ B_s^T, t being the shrink's output."""
 
     t: torch.Tensor  # [M, splits, G*R] fp32
     slot_ids: torch.Tensor  # [M] int32, -1 = no adapter

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.lora_triton import block_r, lora_delta_tile, segment_args
+from engine.kernels.lora_triton import expand_args, lora_delta_tile
 from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config, pick_config
 from engine.kernels.nf4_lut import CONSTRAINTS, lut_asm, register_words
@@ -95,14 +95,14 @@ def _lut_block(q_ptr, absmax_ptr, rows, g, K, w0, w1, w2, w3, GROUP: tl.constexp
     return tl.reshape(tl.join(even, odd), (packed.shape[0], GROUP)), scale
 
 
-@triton.jit(do_not_specialize=["M", "split_k", "lora_r", "lora_splits", "seg1", "seg2"])
+@triton.jit(do_not_specialize=["M", "split_k", "lora_r", "seg1", "seg2"])
 def _nf4_matmul_kernel(
     x_ptr, q_ptr, absmax_ptr, code_ptr, y_ptr, ws_ptr, ticket_ptr,
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr,
-    M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, lora_splits, seg1, seg2,
+    M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr,
+    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr,
     LUT_CONSTRAINTS: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -163,22 +163,22 @@ def _nf4_matmul_kernel(
                 part = ws_ptr + (tile * split_k + s) * (BLOCK_M * BLOCK_N) + tile_offs
                 total += tl.load(part, cache_modifier=".cg")
             _store_tile(total, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
-                        stride_ym, lora_r, lora_splits, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R,
-                        NUM_SEG)  # fmt: skip
+                        stride_ym, lora_r, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R, NUM_SEG,
+                        T_SPLITS)  # fmt: skip
             tl.atomic_xchg(ticket_ptr + tile, 0)
     else:
         _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
-                    stride_ym, lora_r, lora_splits, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R,
-                    NUM_SEG)  # fmt: skip
+                    stride_ym, lora_r, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R, NUM_SEG,
+                    T_SPLITS)  # fmt: skip
 
 
 @triton.jit
 def _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, stride_ym,
-                lora_r, lora_splits, seg1, seg2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr):  # fmt: skip
+                lora_r, seg1, seg2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LORA: tl.constexpr,
+                BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr):  # fmt: skip
     if HAS_LORA:
-        out += lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, lora_r,
-                               lora_splits, seg1, seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG)  # fmt: skip
+        out += lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, lora_r, seg1,
+                               seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
     offs_n = n_start + tl.arange(0, BLOCK_N)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(tl.float16), mask=mask)
@@ -275,22 +275,15 @@ def nf4_matmul_triton(
         tickets = _tickets_for(x.device)
     else:
         ws = tickets = y
-    if lora is None:
-        t = slot_ids = b_stack = scales = ranks = y
-        lora_splits, lora_r, segments = 1, 1, ()
-    else:
-        t, slot_ids, b_stack, scales, ranks, segments = lora
-        lora_splits, lora_r = t.shape[1], b_stack.shape[2]
-    seg1, seg2 = segment_args(segments, cfg.block_n)
+    lora_args, lora_consts = expand_args(lora, y, cfg.block_n)
     lookup = 0 if INTERPRETED else cfg.lookup
     table = byte_pair_table(code) if lookup == 3 else lut_words(code) if lookup == 4 else code
     asm = lut_asm(code_values(code)) if lookup == 4 else ""
     _nf4_matmul_kernel[grid](
-        x, qweight, absmax, table, y, ws, tickets, t, slot_ids, b_stack, scales, ranks,
-        m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, lora_r, lora_splits, seg1, seg2,
+        x, qweight, absmax, table, y, ws, tickets, *lora_args[:5],
+        m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, *lora_args[5:],
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
-        IS_SPLIT=is_split, USE_DOT=cfg.use_dot, HAS_LORA=lora is not None,
-        BLOCK_R=block_r(lora_r), NUM_SEG=len(segments) + 1, LOOKUP=lookup, SWAP_AB=cfg.swap_ab,
+        IS_SPLIT=is_split, USE_DOT=cfg.use_dot, **lora_consts, LOOKUP=lookup, SWAP_AB=cfg.swap_ab,
         LUT_ASM=asm, LUT_CONSTRAINTS=CONSTRAINTS,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

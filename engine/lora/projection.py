@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from engine.lora.context import current_routing
-from engine.lora.stack import LoraStack
+from engine.lora.stack import LoraStack, TokenLora
 from engine.quant import BaseLinear
 
 
@@ -27,20 +27,28 @@ class Projection(nn.Module):
     def part_index(self, module: str) -> int:
         return list(self.parts).index(module)
 
-    def ensure_lora(self, num_slots: int, max_rank: int, use_kernels: bool, device: torch.device) -> LoraStack:
+    def ensure_lora(self, num_slots: int, max_rank: int, device: torch.device) -> LoraStack:
         # device: the engine's, even while the base weights wait in CPU RAM (Engine.parked)
         if self.lora is None:
             w = next(iter(self.base.buffers()))
             dtype = getattr(self.base, "compute_dtype", w.dtype)
             parts = list(self.parts.values())
-            self.lora = LoraStack(num_slots, max_rank, self.base.in_features, parts, device, dtype, use_kernels)
+            self.lora = LoraStack(num_slots, max_rank, self.base.in_features, parts, device, dtype)
         return self.lora
 
     def lora_nbytes(self) -> int:
         return self.lora.nbytes() if self.lora is not None else 0
 
+    def token_lora(self) -> TokenLora | None:
+        """This decode step's adapters per row, for the ops around the projection to fuse its LoRA halves;
+        None without per-row routing or without any adapter resident here."""
+        routing = current_routing()
+        if routing is None or routing.token_slots is None or self.lora is None or self.lora.active_rank == 0:
+            return None
+        return TokenLora(self.lora, routing.token_slots)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, K] -> y: [T, N_total]
+        # x: [T, K] -> y: [T, N_total], the LoRA added here (unfused)
         y = self.base(x)
         routing = current_routing()
         if routing is not None and self.lora is not None:

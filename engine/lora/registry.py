@@ -40,7 +40,6 @@ class AdapterRegistry:
         device: torch.device,
         dtype: torch.dtype,
         run_on_engine: Callable[[Callable[[], Any]], Future],
-        use_kernels: bool = False,
     ) -> None:
         self._model = model
         self._projections = model.projections()
@@ -50,7 +49,6 @@ class AdapterRegistry:
         self._max_cpu = config.max_cpu_loras
         self._device = device
         self._dtype = dtype
-        self._use_kernels = use_kernels
         self._run_on_engine = run_on_engine
         self._lock = threading.Condition()
         self._entries: dict[str, _Entry] = {}
@@ -193,9 +191,7 @@ class AdapterRegistry:
             )
         for proj in self._unique:
             if id(proj) in per_projection:
-                proj.ensure_lora(self._num_slots, self._max_rank, self._use_kernels, self._device).write(
-                    slot, per_projection[id(proj)]
-                )
+                proj.ensure_lora(self._num_slots, self._max_rank, self._device).write(slot, per_projection[id(proj)])
         entry.slot = slot
         self._slot_owner[slot] = name
         self._note_layout()

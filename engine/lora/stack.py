@@ -7,9 +7,11 @@ Rank padding is zero and masked by `ranks`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from engine.kernels import lora_shrink_expand
+from engine.kernels import LoraExpand, LoraShrink, lora_expand, lora_shrink_expand
 from engine.lora.context import LoraRouting
 
 
@@ -22,7 +24,6 @@ class LoraStack:
         parts: list[tuple[int, int]],
         device: torch.device,
         dtype: torch.dtype,
-        use_kernels: bool,
     ) -> None:
         self.parts = parts  # (first output column, width) per part
         self.max_rank = max_rank
@@ -34,7 +35,6 @@ class LoraStack:
         self.segments = tuple(start for start, _ in parts[1:])
         self.rank_of_slot = [0] * num_slots
         self.active_rank = 0
-        self.use_kernels = use_kernels
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.a, self.b, self.scales, self.ranks
@@ -73,10 +73,7 @@ class LoraStack:
                 first += n
             return
         assert routing.token_slots is not None
-        if self.use_kernels:
-            lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
-            return
-        self._add_gathered(x, y, routing.token_slots)
+        lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
 
     def _add_dense(self, x: torch.Tensor, y: torch.Tensor, s: int) -> None:
         # every row on slot s: x [n, K], y [n, N] updated in place
@@ -87,15 +84,21 @@ class LoraStack:
             h = x @ self.a[s, g * self.max_rank : g * self.max_rank + r].t()  # [n, r]
             y[:, start : start + width] += h @ self.b[s, start : start + width, :r].t()
 
-    def _add_gathered(self, x: torch.Tensor, y: torch.Tensor, slots: torch.Tensor) -> None:
-        """Reference path (CPU): gather each row's slot, trimmed to the largest rank resident; padding is zero."""
-        r = self.active_rank
-        if r == 0:
-            return
-        idx = slots.clamp(min=0)  # [T]
-        num_slots, _, k = self.a.shape
-        a = self.a.view(num_slots, len(self.parts), self.max_rank, k)[idx, :, :r]  # [T, G, r, K]
-        h = torch.einsum("tgrk,tk->tgr", a, x) * (slots >= 0)[:, None, None]  # [T, G, r]
-        for g, (start, width) in enumerate(self.parts):
-            b = self.b[idx, start : start + width, :r]  # [T, n, r]
-            y[:, start : start + width] += torch.bmm(b, h[:, g, :, None]).squeeze(-1)
+
+class TokenLora(NamedTuple):
+    """A stack with this decode step's slot per row: its shrink and expand halves for fused ops."""
+
+    stack: LoraStack
+    slots: torch.Tensor  # [T] int32, -1 = no adapter
+
+    def shrink(self) -> LoraShrink:
+        return LoraShrink(self.slots, self.stack.a, self.stack.ranks, len(self.stack.parts))
+
+    def expand(self, t: torch.Tensor) -> LoraExpand:
+        # t: [T, splits, G*R], the shrink's output
+        stack = self.stack
+        return LoraExpand(t, self.slots, stack.b, stack.scales, stack.ranks, stack.segments)
+
+    def add(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # y: [T, N] projection output, updated in place with the expand of t; returns y
+        return lora_expand(*self.expand(t)[:5], y, self.stack.segments)
