@@ -98,7 +98,7 @@ def _expand(y: torch.Tensor, lora: LoraExpand | None) -> torch.Tensor:
 
 
 def _shrink(x: torch.Tensor, shrink: LoraShrink | None) -> torch.Tensor | None:
-    return None if shrink is None else lora_shrink_reference(x, *shrink)
+    return None if shrink is None else lora_shrink_reference(x, *shrink[:4])
 
 
 def rope_kv_write_reference(

@@ -6,7 +6,7 @@ rms_norm:      y = w * (x * rsqrt(mean(x^2) + eps)), one program per row (the re
 silu_mul:      act = silu(gate) * up, one program per (row, column block); optionally gate_up's LoRA expand
                first and the down projection's LoRA shrink after
 rope_kv_write: rotate q and k heads by the row's position, write k and v into the row's KV-cache slot,
-               one program per (row, q or kv head); optionally qkv's LoRA expand first
+               one program per (row, q, k or v head); optionally qkv's LoRA expand first
 Math in fp32; stores round to the tensor's dtype. RMSNorm rounds the normalized row to the activation dtype
 before the weight multiply, like engine/model.py and transformers' LlamaRMSNorm. No host syncs and static
 grids, so every launch can be captured in a CUDA graph.
@@ -18,7 +18,14 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.lora_triton import expand_args, lora_delta_tile, lora_shrink_slice, shrink_args
+from engine.kernels.lora_triton import (
+    expand_args,
+    lora_a_slice,
+    lora_delta_tile,
+    lora_shrink_store,
+    shrink_args,
+    shrink_tile,
+)
 from engine.kernels.lora_types import LoraExpand, LoraShrink
 
 SILU_MUL_BLOCK = 1024
@@ -29,21 +36,23 @@ NORM_SHRINK_SLICE = 512
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, delta_ptr, h_out_ptr, w_ptr, y_ptr, D, eps,
-    slot_ptr, a_ptr, rank_ptr, t_ptr, R_TOTAL, SEG_R,
-    HAS_ADD: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SHRINK: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_RT: tl.constexpr,
+    slot_ptr, a_ptr, rank_ptr, t_ptr, SEG_R,
+    HAS_ADD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_SHRINK: tl.constexpr, S_NUM_SEG: tl.constexpr, SEG_P2: tl.constexpr, RB: tl.constexpr,
 ):  # fmt: skip
     """Row r: h = x[r] (+ delta[r], stored to h_out[r]), y[r] = w * rms_normalized(h). With the shrink, program
     (r, j) stores columns [j*BLOCK_K, (j+1)*BLOCK_K) of h_out and y, and that slice's shrink partial t[r, j]."""
     row = tl.program_id(0)
     base = row.to(tl.int64) * D
+    if HAS_SHRINK:  # the adapter's A slice first: its loads overlap the row's
+        offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        a = lora_a_slice(slot_ptr, a_ptr, rank_ptr, row, offs_k, offs_k < D, D, SEG_R, S_NUM_SEG, SEG_P2, RB)
     offs = tl.arange(0, BLOCK_D)
     h = _residual(x_ptr, delta_ptr, h_out_ptr, base, offs, offs < D, HAS_ADD)  # [BD]
     hf = h.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(hf * hf, axis=0) / D + eps)
     if HAS_SHRINK:
-        split = tl.program_id(1)
-        offs = split * BLOCK_K + tl.arange(0, BLOCK_K)
+        offs = offs_k
         hf = _residual(x_ptr, delta_ptr, h_out_ptr, base, offs, offs < D, HAS_ADD).to(tl.float32)  # [BK]
     mask = offs < D
     if HAS_ADD:
@@ -53,8 +62,8 @@ def _rms_norm_kernel(
     y = (w * normed).to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + base + offs, y, mask=mask)
     if HAS_SHRINK:
-        lora_shrink_slice(y.to(tl.float32), offs, mask, row, split, tl.num_programs(1), slot_ptr, a_ptr, rank_ptr,
-                          t_ptr, D, R_TOTAL, SEG_R, BLOCK_RT)  # fmt: skip
+        lora_shrink_store(a, y.to(tl.float32), row, tl.program_id(1), tl.num_programs(1), t_ptr, SEG_R, S_NUM_SEG,
+                          SEG_P2, RB)  # fmt: skip
 
 
 @triton.jit
@@ -71,33 +80,38 @@ def _residual(x_ptr, delta_ptr, h_out_ptr, base, offs, mask, HAS_ADD: tl.constex
 def _silu_mul_kernel(
     gate_up_ptr, out_ptr, M, inter,
     et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, e_r, e_seg1, e_seg2,
-    sslot_ptr, sa_ptr, srank_ptr, st_ptr, s_rtotal, s_segr,
+    sslot_ptr, sa_ptr, srank_ptr, st_ptr, s_segr,
     BLOCK: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
-    T_SPLITS: tl.constexpr, HAS_SHRINK: tl.constexpr, BLOCK_RT: tl.constexpr,
+    T_SPLITS: tl.constexpr, HAS_SHRINK: tl.constexpr, S_NUM_SEG: tl.constexpr, SEG_P2: tl.constexpr,
+    RB: tl.constexpr,
 ):  # fmt: skip
     """Program (row, j): act[row, j-th block] = silu(gate) * up, gate_up's LoRA delta added to gate and up
-    first (HAS_LORA), the down projection's shrink partial of this block into t[row, j] after (HAS_SHRINK)."""
+    first (HAS_LORA), the down projection's shrink partial of this block into t[row, j] after (HAS_SHRINK).
+    The adapter reads come first, so their latencies overlap the gate_up loads."""
     row = tl.program_id(0)
     col0 = tl.program_id(1) * BLOCK
     offs = col0 + tl.arange(0, BLOCK)
     mask = offs < inter
-    src = gate_up_ptr + row.to(tl.int64) * 2 * inter
-    gate = tl.load(src + offs, mask=mask, other=0.0)  # [BLOCK]
-    up = tl.load(src + inter + offs, mask=mask, other=0.0)
-    if HAS_LORA:  # rounded to the activation dtype, as if the expand had written gate_up
+    if HAS_SHRINK:
+        a = lora_a_slice(sslot_ptr, sa_ptr, srank_ptr, row, offs, mask, inter, s_segr, S_NUM_SEG, SEG_P2, RB)
+    if HAS_LORA:
         rows = row + tl.arange(0, 1)
         d_gate = lora_delta_tile(et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, rows, col0, M, 2 * inter, e_r,
                                  e_seg1, e_seg2, 1, BLOCK, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
         d_up = lora_delta_tile(et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, rows, inter + col0, M, 2 * inter,
                                e_r, e_seg1, e_seg2, 1, BLOCK, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
+    src = gate_up_ptr + row.to(tl.int64) * 2 * inter
+    gate = tl.load(src + offs, mask=mask, other=0.0)  # [BLOCK]
+    up = tl.load(src + inter + offs, mask=mask, other=0.0)
+    if HAS_LORA:  # rounded to the activation dtype, as if the expand had written gate_up
         gate = (gate.to(tl.float32) + tl.reshape(d_gate, (BLOCK,))).to(gate_up_ptr.dtype.element_ty)
         up = (up.to(tl.float32) + tl.reshape(d_up, (BLOCK,))).to(gate_up_ptr.dtype.element_ty)
     gate = gate.to(tl.float32)
     act = (gate * tl.sigmoid(gate) * up.to(tl.float32)).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + row.to(tl.int64) * inter + offs, act, mask=mask)
     if HAS_SHRINK:
-        lora_shrink_slice(act.to(tl.float32), offs, mask, row, tl.program_id(1), tl.num_programs(1), sslot_ptr,
-                          sa_ptr, srank_ptr, st_ptr, inter, s_rtotal, s_segr, BLOCK_RT)  # fmt: skip
+        lora_shrink_store(a, act.to(tl.float32), row, tl.program_id(1), tl.num_programs(1), st_ptr, s_segr,
+                          S_NUM_SEG, SEG_P2, RB)  # fmt: skip
 
 
 @triton.jit
@@ -108,47 +122,41 @@ def _rope_kv_write_kernel(
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_HALF: tl.constexpr,
     HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr,
 ):  # fmt: skip
-    """Program (row, head): head < H rotates q head `head` into q[row]; otherwise kv head j = head - H: its
-    rotated k and raw v go to cache[row, j, positions[row]]. Head `head` of either kind starts at column
-    head * Dh of qkv (q heads, then k heads); v head j starts at column (H + Hkv + j) * Dh. HAS_LORA: qkv's
-    LoRA delta is added to each half head first (rounded to qkv's dtype, as if the expand had written qkv)."""
+    """Program (row, head) takes columns [head * Dh, (head + 1) * Dh) of qkv = [q heads | k heads | v heads]:
+    a q head is rotated into q[row]; a k head j is rotated and a v head j copied into cache[row, j,
+    positions[row]]. HAS_LORA: qkv's LoRA delta is added to each half head first (rounded to qkv's dtype, as if
+    the expand had written qkv)."""
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     width = (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM
     lora = (t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, row, M, stride_qkv, width, lora_r, seg1, seg2)
-    pos = tl.load(pos_ptr + row)
-    in_table = (pos >= 0) & (pos < num_positions)  # a stray position writes nothing instead of out of bounds
-    pos = tl.where(in_table, pos, 0)
     half = HEAD_DIM // 2
     offs = tl.arange(0, BLOCK_HALF)
     mask = offs < half
+    x1 = _qkv_half(qkv_ptr, head * HEAD_DIM, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS)
+    x2 = _qkv_half(qkv_ptr, head * HEAD_DIM + half, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG,
+                   T_SPLITS)  # fmt: skip
+    pos = tl.load(pos_ptr + row)
+    in_table = (pos >= 0) & (pos < num_positions)  # a stray position writes nothing instead of out of bounds
+    pos = tl.where(in_table, pos, 0)
     table = pos * HEAD_DIM + offs
     cos1 = tl.load(cos_ptr + table, mask=mask, other=0.0).to(tl.float32)  # [BH]
     cos2 = tl.load(cos_ptr + table + half, mask=mask, other=0.0).to(tl.float32)
     sin1 = tl.load(sin_ptr + table, mask=mask, other=0.0).to(tl.float32)
     sin2 = tl.load(sin_ptr + table + half, mask=mask, other=0.0).to(tl.float32)
-    x1 = _qkv_half(qkv_ptr, head * HEAD_DIM, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG,
-                   T_SPLITS).to(tl.float32)  # fmt: skip
-    x2 = _qkv_half(qkv_ptr, head * HEAD_DIM + half, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG,
-                   T_SPLITS).to(tl.float32)  # fmt: skip
-    # x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1)
-    out1 = (x1 * cos1 - x2 * sin1).to(q_ptr.dtype.element_ty)
-    out2 = (x2 * cos2 + x1 * sin2).to(q_ptr.dtype.element_ty)
+    # x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1); v heads pass unrotated
+    is_v = head >= NUM_HEADS + NUM_KV_HEADS
+    out1 = tl.where(is_v, x1, (x1.to(tl.float32) * cos1 - x2.to(tl.float32) * sin1).to(q_ptr.dtype.element_ty))
+    out2 = tl.where(is_v, x2, (x2.to(tl.float32) * cos2 + x1.to(tl.float32) * sin2).to(q_ptr.dtype.element_ty))
     if head < NUM_HEADS:
         dst = q_ptr + (row * NUM_HEADS + head) * HEAD_DIM
-        tl.store(dst + offs, out1, mask=mask)
-        tl.store(dst + half + offs, out2, mask=mask)
+        store_mask = mask
     else:
-        kv_head = head - NUM_HEADS
-        slot = row * stride_slot + kv_head * stride_head + pos * stride_pos
+        kv_head = (head - NUM_HEADS) % NUM_KV_HEADS
+        dst = tl.where(is_v, v_cache_ptr, k_cache_ptr) + row * stride_slot + kv_head * stride_head + pos * stride_pos
         store_mask = mask & in_table
-        tl.store(k_cache_ptr + slot + offs, out1, mask=store_mask)
-        tl.store(k_cache_ptr + slot + half + offs, out2, mask=store_mask)
-        v_col = (head + NUM_KV_HEADS) * HEAD_DIM
-        v1 = _qkv_half(qkv_ptr, v_col, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS)
-        v2 = _qkv_half(qkv_ptr, v_col + half, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS)
-        tl.store(v_cache_ptr + slot + offs, v1, mask=store_mask)
-        tl.store(v_cache_ptr + slot + half + offs, v2, mask=store_mask)
+    tl.store(dst + offs, out1, mask=store_mask)
+    tl.store(dst + half + offs, out2, mask=store_mask)
 
 
 @triton.jit
@@ -178,7 +186,7 @@ def add_rms_norm_triton(
     h_new = h if delta is None else torch.empty_like(h)
     y = torch.empty_like(h)
     block = triton.next_power_of_2(d)
-    block_k = min(NORM_SHRINK_SLICE, block) if shrink is not None else block
+    block_k = shrink_tile(shrink, min(NORM_SHRINK_SLICE, block)) if shrink is not None else block
     splits = triton.cdiv(d, block_k)
     lora_args, lora_consts = shrink_args(shrink, t, splits, h)
     _rms_norm_kernel[(t, splits)](
@@ -196,12 +204,13 @@ def silu_mul_triton(
     act = torch.empty((t, intermediate), device=gate_up.device, dtype=gate_up.dtype)
     fused = lora is not None or shrink is not None
     block = min(LORA_SILU_MUL_BLOCK if fused else SILU_MUL_BLOCK, triton.next_power_of_2(intermediate))
+    block = shrink_tile(shrink, block)
     splits = triton.cdiv(intermediate, block)
     expand, expand_consts = expand_args(lora, gate_up, 1)  # a gate tile's columns past I are masked
     shrunk, shrink_consts = shrink_args(shrink, t, splits, gate_up)
     _silu_mul_kernel[(t, splits)](
         gate_up, act, t, intermediate, *expand, *shrunk,
-        BLOCK=block, **expand_consts, **shrink_consts, num_warps=4,
+        BLOCK=block, **expand_consts, **shrink_consts, num_warps=8 if fused else 4,
     )  # fmt: skip
     return act, shrunk[3] if shrink is not None else None
 
@@ -224,7 +233,7 @@ def rope_kv_write_triton(
     q = torch.empty((n, num_heads, head_dim), device=qkv.device, dtype=qkv.dtype)
     stride_slot, stride_head, stride_pos, _ = k_cache.stride()
     expand, expand_consts = expand_args(lora, qkv, head_dim // 2)  # half heads never straddle q, k and v
-    _rope_kv_write_kernel[(n, num_heads + num_kv_heads)](
+    _rope_kv_write_kernel[(n, num_heads + 2 * num_kv_heads)](
         qkv, positions, cos, sin, q, k_cache, v_cache,
         cos.shape[0], qkv.stride(0), stride_slot, stride_head, stride_pos, *expand, n,
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,

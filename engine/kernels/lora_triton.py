@@ -23,6 +23,7 @@ SHRINK_BLOCK_K = 128
 MAX_SHRINK_SPLITS = 8
 MAX_SEGMENTS = 3
 EXPAND_BLOCK_N = 128
+SHRINK_TILE = 32768  # A values a fused shrink holds per program
 
 
 @triton.jit
@@ -32,8 +33,8 @@ def lora_delta_tile(
     T_SPLITS: tl.constexpr,
 ):  # fmt: skip
     """scale_s * t[m, g*R : g*R + r] . B_s[n, :r] for a [BLOCK_M, BLOCK_N] tile starting at column n_start
-    (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. The T_SPLITS
-    partial sums of t load unrolled, so their latencies overlap."""
+    (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. No branches:
+    the T_SPLITS partial sums of t and the rank chunks load unrolled, so their latencies overlap."""
     m_mask = offs_m < M
     slots = tl.load(slot_ptr + offs_m, mask=m_mask, other=-1)  # [BM]
     active = slots >= 0
@@ -48,45 +49,51 @@ def lora_delta_tile(
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     delta = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for r0 in tl.static_range(0, BLOCK_R, R_CHUNK):
-        if r0 < tl.max(rank, axis=0):  # rank chunks past every row's rank read nothing
-            offs_r = r0 + tl.arange(0, R_CHUNK)  # [RC]
-            r_mask = offs_r[None, :] < rank[:, None]  # [BM, RC]
-            t = tl.zeros((BLOCK_M, R_CHUNK), tl.float32)
-            for i in tl.static_range(T_SPLITS):
-                t_ptrs = t_ptr + (offs_m[:, None] * T_SPLITS + i) * (NUM_SEG * R) + seg * R + offs_r[None, :]
-                t += tl.load(t_ptrs, mask=r_mask, other=0.0)
-            b = tl.load(
-                b_ptr + s[:, None, None] * (N * R) + offs_n[None, :, None] * R + offs_r[None, None, :],
-                mask=r_mask[:, None, :] & n_mask[None, :, None],
-                other=0.0,
-            )  # [BM, BN, RC]
-            delta += tl.sum(b.to(tl.float32) * t[:, None, :], axis=2)
+    for r0 in tl.static_range(0, BLOCK_R, R_CHUNK):  # BLOCK_R covers the largest resident rank
+        offs_r = r0 + tl.arange(0, R_CHUNK)  # [RC]
+        r_mask = offs_r[None, :] < rank[:, None]  # [BM, RC]
+        t = tl.zeros((BLOCK_M, R_CHUNK), tl.float32)
+        for i in tl.static_range(T_SPLITS):
+            t_ptrs = t_ptr + (offs_m[:, None] * T_SPLITS + i) * (NUM_SEG * R) + seg * R + offs_r[None, :]
+            t += tl.load(t_ptrs, mask=r_mask, other=0.0)
+        b = tl.load(
+            b_ptr + s[:, None, None] * (N * R) + offs_n[None, :, None] * R + offs_r[None, None, :],
+            mask=r_mask[:, None, :] & n_mask[None, :, None],
+            other=0.0,
+        )  # [BM, BN, RC]
+        delta += tl.sum(b.to(tl.float32) * t[:, None, :], axis=2)
     return delta * scale[:, None]
 
 
 @triton.jit
-def lora_shrink_slice(
-    xk, offs_k, k_mask, row, split, num_splits, slot_ptr, a_ptr, rank_ptr, t_ptr, K, R_TOTAL, SEG_R,
-    BLOCK_RT: tl.constexpr,
+def lora_a_slice(
+    slot_ptr, a_ptr, rank_ptr, row, offs_k, k_mask, K, SEG_R,
+    NUM_SEG: tl.constexpr, SEG_P2: tl.constexpr, RB: tl.constexpr,
 ):  # fmt: skip
-    """t[row, split, :] = xk . A_s[:, offs_k]^T for one row's K slice xk [BK] (fp32), s = slot_ids[row];
-    rank-masked in each segment of SEG_R rows, zero for a row without an adapter."""
+    """A_s[g*SEG_R + r, offs_k] for each segment g < NUM_SEG and r < RB (the largest resident rank, padded),
+    s = slot_ids[row]: [SEG_P2 * RB, BK], zero past the row's rank and for a row without an adapter. Load it
+    early: nothing in it waits for the op's own data."""
     slot = tl.load(slot_ptr + row)
     s = tl.maximum(slot, 0)
     rank = tl.where(slot >= 0, tl.load(rank_ptr + s), 0)
-    for r0 in tl.static_range(0, BLOCK_RT, R_CHUNK):
-        offs_r = r0 + tl.arange(0, R_CHUNK)
-        r_mask = ((offs_r % SEG_R) < rank) & (offs_r < R_TOTAL)
-        t = tl.zeros([R_CHUNK], tl.float32)
-        if tl.max(r_mask.to(tl.int32), axis=0) > 0:  # chunks of rank padding only store zeros
-            a = tl.load(
-                a_ptr + s * (R_TOTAL * K) + offs_r[:, None] * K + offs_k[None, :],
-                mask=r_mask[:, None] & k_mask[None, :],
-                other=0.0,
-            )  # [RC, BK]
-            t = tl.sum(a.to(tl.float32) * xk[None, :], axis=1)  # [RC]
-        tl.store(t_ptr + (row * num_splits + split) * R_TOTAL + offs_r, t, mask=offs_r < R_TOTAL)
+    offs = tl.arange(0, SEG_P2 * RB)
+    g, r = offs // RB, offs % RB
+    mask = (g < NUM_SEG) & (r < rank)
+    a_rows = a_ptr + s.to(tl.int64) * (NUM_SEG * SEG_R * K) + (g * SEG_R + r) * K
+    return tl.load(a_rows[:, None] + offs_k[None, :], mask=mask[:, None] & k_mask[None, :], other=0.0)
+
+
+@triton.jit
+def lora_shrink_store(
+    a, xk, row, split, num_splits, t_ptr, SEG_R, NUM_SEG: tl.constexpr, SEG_P2: tl.constexpr, RB: tl.constexpr,
+):  # fmt: skip
+    """t[row, split, g*SEG_R + r] = xk . a[g*RB + r] for r < RB: one row's K slice xk [BK] (fp32) against
+    `lora_a_slice`'s tile. Entries past RB stay unwritten; every reader masks by rank."""
+    t = tl.sum(a.to(tl.float32) * xk[None, :], axis=1)  # [SEG_P2 * RB]
+    offs = tl.arange(0, SEG_P2 * RB)
+    g, r = offs // RB, offs % RB
+    mask = (g < NUM_SEG) & (r < SEG_R)
+    tl.store(t_ptr + (row * num_splits + split) * (NUM_SEG * SEG_R) + g * SEG_R + r, t, mask=mask)
 
 
 @triton.jit
@@ -159,22 +166,39 @@ def expand_args(lora: LoraExpand | None, dummy: torch.Tensor, block_n: int) -> t
     (HAS_LORA, BLOCK_R, NUM_SEG, T_SPLITS); `dummy` fills the pointers without one. Tiles are block_n wide."""
     if lora is None:
         return (dummy,) * 5 + (1, 0, 0), dict(HAS_LORA=False, BLOCK_R=R_CHUNK.value, NUM_SEG=1, T_SPLITS=1)
-    t, slot_ids, b_stack, scales, ranks, segments = lora
+    t, slot_ids, b_stack, scales, ranks, segments, rank_bound = lora
     r = b_stack.shape[2]
-    consts = dict(HAS_LORA=True, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1, T_SPLITS=t.shape[1])
+    consts = dict(HAS_LORA=True, BLOCK_R=block_r(min(rank_bound or r, r)), NUM_SEG=len(segments) + 1,
+                  T_SPLITS=t.shape[1])  # fmt: skip
     return (t, slot_ids, b_stack, scales, ranks, r, *segment_args(segments, block_n)), consts
 
 
-def shrink_args(shrink: LoraShrink | None, rows: int, splits: int, like: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
-    """A fused shrink's output t [rows, splits, G*R] fp32 and its kernel arguments (slot_ids, A, ranks, t,
-    R_TOTAL, SEG_R) and constexprs (HAS_SHRINK, BLOCK_RT); `like` fills the pointers without one."""
+def shrink_tile(shrink: LoraShrink | None, limit: int) -> int:
+    """The K slice a fused shrink takes per program: its A tile (segments x rank bound x slice) holds at most
+    SHRINK_TILE values; `limit` caps it (the op's own block)."""
     if shrink is None:
-        return (like,) * 4 + (1, 1), dict(HAS_SHRINK=False, BLOCK_RT=R_CHUNK.value)
-    slot_ids, a_stack, ranks, num_segments = shrink
+        return limit
+    rows = triton.next_power_of_2(shrink.num_segments) * _rank_bound(shrink)
+    return max(16, min(limit, SHRINK_TILE // rows))
+
+
+def shrink_args(shrink: LoraShrink | None, rows: int, splits: int, like: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+    """A fused shrink's output t [rows, splits, G*R] fp32 (entries past the rank bound unwritten) with its kernel
+    arguments (slot_ids, A, ranks, t, SEG_R) and constexprs (HAS_SHRINK, S_NUM_SEG, SEG_P2, RB); `like` fills
+    the pointers without one."""
+    if shrink is None:
+        return (like,) * 4 + (1,), dict(HAS_SHRINK=False, S_NUM_SEG=1, SEG_P2=1, RB=R_CHUNK.value)
+    slot_ids, a_stack, ranks, num_segments, _ = shrink
     r_total = a_stack.shape[1]
     t = torch.empty((rows, splits, r_total), dtype=torch.float32, device=like.device)
-    consts = dict(HAS_SHRINK=True, BLOCK_RT=block_r(r_total))
-    return (slot_ids, a_stack, ranks, t, r_total, r_total // num_segments), consts
+    consts = dict(HAS_SHRINK=True, S_NUM_SEG=num_segments, SEG_P2=triton.next_power_of_2(num_segments),
+                  RB=_rank_bound(shrink))  # fmt: skip
+    return (slot_ids, a_stack, ranks, t, r_total // num_segments), consts
+
+
+def _rank_bound(shrink: LoraShrink) -> int:
+    seg_r = shrink.a_stack.shape[1] // shrink.num_segments
+    return block_r(min(shrink.rank_bound or seg_r, seg_r))
 
 
 def lora_shrink_triton(

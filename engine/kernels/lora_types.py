@@ -15,6 +15,7 @@ class LoraShrink(NamedTuple):
     a_stack: torch.Tensor  # [S, G*R, K] fp16
     ranks: torch.Tensor  # [S] int32
     num_segments: int = 1  # G: the rank mask applies in each of the G blocks of R rows
+    rank_bound: int = 0  # the largest rank among the slots (0: R); the kernels read no rank past it
 
 
 class LoraExpand(NamedTuple):
@@ -26,3 +27,4 @@ class LoraExpand(NamedTuple):
     scales: torch.Tensor  # [S] fp32
     ranks: torch.Tensor  # [S] int32
     segments: tuple[int, ...] = ()  # first columns of segments 1..G-1 of a fused projection
+    rank_bound: int = 0  # the largest rank among the slots (0: R); the kernels read no rank past it

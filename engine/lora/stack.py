@@ -92,12 +92,13 @@ class TokenLora(NamedTuple):
     slots: torch.Tensor  # [T] int32, -1 = no adapter
 
     def shrink(self) -> LoraShrink:
-        return LoraShrink(self.slots, self.stack.a, self.stack.ranks, len(self.stack.parts))
+        stack = self.stack
+        return LoraShrink(self.slots, stack.a, stack.ranks, len(stack.parts), stack.active_rank)
 
     def expand(self, t: torch.Tensor) -> LoraExpand:
         # t: [T, splits, G*R], the shrink's output
         stack = self.stack
-        return LoraExpand(t, self.slots, stack.b, stack.scales, stack.ranks, stack.segments)
+        return LoraExpand(t, self.slots, stack.b, stack.scales, stack.ranks, stack.segments, stack.active_rank)
 
     def add(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # y: [T, N] projection output, updated in place with the expand of t; returns y
