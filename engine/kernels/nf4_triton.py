@@ -102,7 +102,7 @@ def _nf4_matmul_kernel(
     M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr,
+    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr,
     LUT_CONSTRAINTS: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -164,21 +164,22 @@ def _nf4_matmul_kernel(
                 total += tl.load(part, cache_modifier=".cg")
             _store_tile(total, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
                         stride_ym, lora_r, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R, NUM_SEG,
-                        T_SPLITS)  # fmt: skip
+                        T_SPLITS, T_BLOCK)  # fmt: skip
             tl.atomic_xchg(ticket_ptr + tile, 0)
     else:
         _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
                     stride_ym, lora_r, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R, NUM_SEG,
-                    T_SPLITS)  # fmt: skip
+                    T_SPLITS, T_BLOCK)  # fmt: skip
 
 
 @triton.jit
 def _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, stride_ym,
                 lora_r, seg1, seg2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LORA: tl.constexpr,
-                BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr):  # fmt: skip
+                BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr,
+                T_BLOCK: tl.constexpr):  # fmt: skip
     if HAS_LORA:
         out += lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, lora_r, seg1,
-                               seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
+                               seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK)  # fmt: skip
     offs_n = n_start + tl.arange(0, BLOCK_N)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(tl.float16), mask=mask)
