@@ -197,7 +197,7 @@ def poison(numel: int) -> None:
 def random_adapters(n: int, k: int, r: int, segments: tuple[int, ...], mixed_ranks: bool):
     groups = len(segments) + 1
     a_stack = torch.randn(NUM_SLOTS, groups * r, k, device=DEVICE, dtype=torch.float16) * 0.05
-    b_stack = torch.randn(NUM_SLOTS, n, r, device=DEVICE, dtype=torch.float16) * 0.05
+    b_stack = torch.randn(NUM_SLOTS, r, n, device=DEVICE, dtype=torch.float16) * 0.05
     scales = torch.rand(NUM_SLOTS, device=DEVICE) + 0.5
     if mixed_ranks:
         ranks = torch.randint(1, r + 1, (NUM_SLOTS,), dtype=torch.int32, device=DEVICE)

@@ -19,14 +19,14 @@ D, INTER, HEADS, KV_HEADS, HEAD_DIM = 4096, 14336, 32, 8, 128
 
 
 def stacks(n: int, k: int, groups: int) -> list[tuple[torch.Tensor, ...]]:
-    """COPIES of (A [S, G*R, K], B [S, N, R], scales, ranks), rank RANK of MAX_RANK."""
+    """COPIES of (A [S, G*R, K], B [S, R, N], scales, ranks), rank RANK of MAX_RANK."""
     out = []
     for _ in range(COPIES):
         a = torch.zeros(SLOTS, groups * MAX_RANK, k, device="cuda", dtype=torch.float16)
         for g in range(groups):
             a[:, g * MAX_RANK : g * MAX_RANK + RANK].normal_(0, 0.05)
-        b = torch.zeros(SLOTS, n, MAX_RANK, device="cuda", dtype=torch.float16)
-        b[:, :, :RANK].normal_(0, 0.05)
+        b = torch.zeros(SLOTS, MAX_RANK, n, device="cuda", dtype=torch.float16)
+        b[:, :RANK].normal_(0, 0.05)
         ranks = torch.full((SLOTS,), RANK, dtype=torch.int32, device="cuda")
         out.append((a, b, torch.ones(SLOTS, device="cuda"), ranks))
     return out

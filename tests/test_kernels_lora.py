@@ -12,7 +12,7 @@ from engine.kernels import LoraExpand, lora_reference, lora_shrink, lora_shrink_
 def _adapters(s: int, r: int, k: int, n: int, seed: int) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
     a_stack = torch.randn(s, r, k, generator=gen).to(torch.float16)  # [S, R, K]
-    b_stack = torch.randn(s, n, r, generator=gen).to(torch.float16)  # [S, N, R]
+    b_stack = torch.randn(s, r, n, generator=gen).to(torch.float16)  # [S, R, N]
     scales = torch.rand(s, generator=gen) + 0.5  # [S]
     ranks = torch.randint(1, r + 1, (s,), generator=gen, dtype=torch.int32)  # [S]
     return a_stack, b_stack, scales, ranks
@@ -25,7 +25,7 @@ def _per_row_loop(x, slot_ids, a_stack, b_stack, scales, ranks, y) -> torch.Tens
             continue
         r = int(ranks[slot])
         a = a_stack[slot, :r].double()  # [r, K]
-        b = b_stack[slot, :, :r].double()  # [N, r]
+        b = b_stack[slot, :r].double().t()  # [N, r]
         out[row] += float(scales[slot]) * (b @ (a @ x[row].double()))
     return out
 
@@ -50,8 +50,8 @@ def test_rank_padding_is_never_read() -> None:
     ranks = torch.tensor([3, 5], dtype=torch.int32)
     a_stack[0, 3:] = float("nan")
     a_stack[1, 5:] = float("inf")
-    b_stack[0, :, 3:] = float("nan")
-    b_stack[1, :, 5:] = float("nan")
+    b_stack[0, 3:] = float("nan")
+    b_stack[1, 5:] = float("nan")
     x = torch.randn(2, k)
     slot_ids = torch.tensor([0, 1], dtype=torch.int32)
     got = lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, torch.zeros(2, n))
@@ -95,7 +95,7 @@ def test_mismatched_shapes_name_the_argument() -> None:
     with pytest.raises(ValueError, match="A_stack"):
         lora_reference(torch.randn(3, 16), torch.zeros(3, dtype=torch.int32), a_stack, b_stack, scales, ranks, y)
     with pytest.raises(ValueError, match="B_stack"):
-        lora_reference(x, torch.zeros(3, dtype=torch.int32), a_stack, b_stack[:, :4], scales, ranks, y)
+        lora_reference(x, torch.zeros(3, dtype=torch.int32), a_stack, b_stack[..., :4], scales, ranks, y)
 
 
 def test_fused_projection_segments_match_separate_adapters() -> None:
@@ -104,7 +104,7 @@ def test_fused_projection_segments_match_separate_adapters() -> None:
     ranks = torch.tensor([2, 4, 3], dtype=torch.int32)
     scales = torch.tensor([1.0, 0.5, 2.0])
     a_fused = torch.cat([p[0] for p in parts], dim=1)  # [S, 3R, K]
-    b_fused = torch.cat([p[1] for p in parts], dim=1)  # [S, N, R]
+    b_fused = torch.cat([p[1] for p in parts], dim=2)  # [S, R, N]
     x = torch.randn(4, k)
     slot_ids = torch.tensor([2, 0, -1, 1], dtype=torch.int32)
     y = torch.randn(4, sum(widths))

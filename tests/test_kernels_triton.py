@@ -78,7 +78,7 @@ def test_lora_shrink_expand_and_fused_epilogue_match_reference() -> None:
     s, r, k, n, m = 3, 16, 256, 80, 5
     gen = torch.Generator().manual_seed(2)
     a_stack = (torch.randn(s, r, k, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
-    b_stack = (torch.randn(s, n, r, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
+    b_stack = (torch.randn(s, r, n, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
     scales = torch.tensor([0.5, 2.0, 1.0], device=DEVICE)
     ranks = torch.tensor([4, 16, 8], dtype=torch.int32, device=DEVICE)
     slot_ids = torch.tensor([0, -1, 2, 1, 2], dtype=torch.int32, device=DEVICE)
@@ -101,7 +101,7 @@ def test_lora_segments_of_a_fused_projection(r: int) -> None:
     s, k, n, m, segments = 2, 128, 384, 3, (128, 256)
     gen = torch.Generator().manual_seed(3)
     a_stack = (torch.randn(s, 3 * r, k, generator=gen) * 0.1).to(torch.float16).to(DEVICE)  # [S, 3R, K]
-    b_stack = (torch.randn(s, n, r, generator=gen) * 0.1).to(torch.float16).to(DEVICE)  # [S, N, R]
+    b_stack = (torch.randn(s, r, n, generator=gen) * 0.1).to(torch.float16).to(DEVICE)  # [S, R, N]
     scales = torch.tensor([0.5, 2.0], device=DEVICE)
     ranks = torch.tensor([3, r - 4], dtype=torch.int32, device=DEVICE)
     slot_ids = torch.tensor([1, -1, 0], dtype=torch.int32, device=DEVICE)

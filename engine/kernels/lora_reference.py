@@ -5,7 +5,7 @@ then expand y += scale_s * t @ B_s[:, :r]^T. Rank padding beyond ranks[s] is mas
 slot never leak into the result; rows with slot -1 add nothing.
 
 Fused projections (q/k/v, gate/up) use segments: A_stack stacks each projection's A ([S, G*R, K] for G
-segments), B_stack holds each output column's own B row ([S, N, R]), and `segments` lists the first
+segments), B_stack holds each output column's own B column ([S, R, N]), and `segments` lists the first
 column of segments 1..G-1 (for Llama-3-8B qkv: (4096, 5120)). Column n uses t[..., g*R:(g+1)*R] of its
 segment g, so no block-diagonal zeros are stored or read.
 """
@@ -36,8 +36,8 @@ def check_lora_args(
     r = ra // (len(segments) + 1)
     if list(segments) != sorted(set(segments)) or any(not 0 < c < n for c in segments):
         raise ValueError(f"segments: expected increasing column starts inside (0, {n}), got {list(segments)}")
-    if tuple(b_stack.shape) != (s, n, r) or ra % (len(segments) + 1):
-        raise ValueError(f"B_stack: expected [{s}, {n}, {r}] (A_stack and y), got {list(b_stack.shape)}")
+    if tuple(b_stack.shape) != (s, r, n) or ra % (len(segments) + 1):
+        raise ValueError(f"B_stack: expected [{s}, {r}, {n}] (A_stack and y), got {list(b_stack.shape)}")
     if tuple(y.shape) != (m, n):
         raise ValueError(f"y: expected [{m}, N] rows to match x, got {list(y.shape)}")
     if tuple(slot_ids.shape) != (m,) or slot_ids.dtype != torch.int32:
@@ -77,16 +77,16 @@ def lora_expand_reference(
 ) -> torch.Tensor:
     """y += scale_s * t_s @ B_s[:, :r]^T in place, t: [M, splits, G*R] partial sums; returns y."""
     if segments:
-        r = b_stack.shape[2]
+        r = b_stack.shape[1]
         bounds = (0, *segments, y.shape[1])
         for g, (start, end) in enumerate(itertools.pairwise(bounds)):
-            lora_expand_reference(t[..., g * r : (g + 1) * r], slot_ids, b_stack[:, start:end], scales, ranks,
+            lora_expand_reference(t[..., g * r : (g + 1) * r], slot_ids, b_stack[..., start:end], scales, ranks,
                                   y[:, start:end])  # fmt: skip
         return y
     slots = slot_ids.clamp(min=0).long()  # [M]
-    mask = _row_rank_mask(slot_ids, ranks, b_stack.shape[2])  # [M, R]
+    mask = _row_rank_mask(slot_ids, ranks, b_stack.shape[1])  # [M, R]
     t = torch.where(mask, t.sum(dim=1), 0.0)  # [M, R]
-    b = torch.where(mask[:, None, :], b_stack[slots].float(), 0.0)  # [M, N, R]
+    b = torch.where(mask[:, None, :], b_stack[slots].float().transpose(1, 2), 0.0)  # [M, N, R]
     delta = torch.bmm(b, t.unsqueeze(-1)).squeeze(-1) * scales[slots][:, None]  # [M, N]
     y += torch.where((slot_ids >= 0)[:, None], delta, 0.0).to(y.dtype)
     return y

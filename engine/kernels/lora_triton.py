@@ -58,11 +58,11 @@ def lora_delta_tile(
         t_mask = r_mask[:, None, :] & (offs_i < T_SPLITS)[None, :, None]
         t = tl.sum(tl.load(t_ptr + t_rows + seg * R + offs_r[None, None, :], mask=t_mask, other=0.0), axis=1)
         b = tl.load(
-            b_ptr + s[:, None, None] * (N * R) + offs_n[None, :, None] * R + offs_r[None, None, :],
-            mask=r_mask[:, None, :] & n_mask[None, :, None],
+            b_ptr + s[:, None, None] * (N * R) + offs_r[None, :, None] * N + offs_n[None, None, :],
+            mask=r_mask[:, :, None] & n_mask[None, None, :],
             other=0.0,
-        )  # [BM, BN, RC]
-        delta += tl.sum(b.to(tl.float32) * t[:, None, :], axis=2)
+        )  # [BM, RC, BN]: each rank's columns are contiguous
+        delta += tl.sum(b.to(tl.float32) * t[:, :, None], axis=1)
     return delta * scale[:, None]
 
 
@@ -169,7 +169,7 @@ def expand_args(lora: LoraExpand | None, dummy: torch.Tensor, block_n: int) -> t
     if lora is None:
         return (dummy,) * 5 + (1, 0, 0), dict(HAS_LORA=False, BLOCK_R=R_CHUNK.value, NUM_SEG=1, T_SPLITS=1, T_BLOCK=1)
     t, slot_ids, b_stack, scales, ranks, segments, rank_bound = lora
-    r = b_stack.shape[2]
+    r = b_stack.shape[1]
     consts = dict(HAS_LORA=True, BLOCK_R=block_r(min(rank_bound or r, r)), NUM_SEG=len(segments) + 1,
                   T_SPLITS=t.shape[1], T_BLOCK=triton.next_power_of_2(t.shape[1]))  # fmt: skip
     return (t, slot_ids, b_stack, scales, ranks, r, *segment_args(segments, block_n)), consts
@@ -232,7 +232,7 @@ def lora_expand_triton(
 ) -> torch.Tensor:
     """y += scale_s * t_s @ B_s^T in place (y may be a column slice of a wider buffer); returns y."""
     m, splits, _ = t.shape
-    n, r = y.shape[1], b_stack.shape[2]
+    n, r = y.shape[1], b_stack.shape[1]
     assert y.stride(1) == 1, "y rows must be contiguous"
     block_m = min(4, triton.next_power_of_2(max(m, 1)))
     seg1, seg2 = segment_args(segments, EXPAND_BLOCK_N)

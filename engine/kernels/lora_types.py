@@ -23,7 +23,7 @@ class LoraExpand(NamedTuple):
 
     t: torch.Tensor  # [M, splits, G*R] fp32
     slot_ids: torch.Tensor  # [M] int32, -1 = no adapter
-    b_stack: torch.Tensor  # [S, N, R] fp16
+    b_stack: torch.Tensor  # [S, R, N] fp16
     scales: torch.Tensor  # [S] fp32
     ranks: torch.Tensor  # [S] int32
     segments: tuple[int, ...] = ()  # first columns of segments 1..G-1 of a fused projection

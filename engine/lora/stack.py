@@ -1,7 +1,8 @@
 """Stacked adapter weights of one (possibly fused) projection: one slot per resident adapter, written in place.
 
-Layout (shared with engine.kernels): A [S, G*R, K] holds each of the G parts' A in its own R rows, B [S, N, R]
-holds each output column's B row, pre-multiplied by its part's scale (parts may differ in rank and alpha).
+Layout (shared with engine.kernels): A [S, G*R, K] holds each of the G parts' A in its own R rows; B [S, R, N]
+holds in row r rank r of every output column's B, pre-multiplied by its part's scale (parts may differ in rank
+and alpha), so a rank's columns are contiguous.
 Rank padding is zero and masked by `ranks`.
 """
 
@@ -29,7 +30,7 @@ class LoraStack:
         self.max_rank = max_rank
         out_features = sum(width for _, width in parts)
         self.a = torch.zeros(num_slots, len(parts) * max_rank, in_features, device=device, dtype=dtype)
-        self.b = torch.zeros(num_slots, out_features, max_rank, device=device, dtype=dtype)
+        self.b = torch.zeros(num_slots, max_rank, out_features, device=device, dtype=dtype)
         self.scales = torch.ones(num_slots, device=device, dtype=torch.float32)  # scales live in B
         self.ranks = torch.zeros(num_slots, device=device, dtype=torch.int32)
         self.segments = tuple(start for start, _ in parts[1:])
@@ -50,7 +51,7 @@ class LoraStack:
             start, width = self.parts[g]
             r = a.shape[0]
             self.a[slot, g * self.max_rank : g * self.max_rank + r].copy_(a)
-            self.b[slot, start : start + width, :r].copy_(b.float() * scale)
+            self.b[slot, :r, start : start + width].copy_(b.float().t() * scale)
             rank = max(rank, r)
         self.ranks[slot] = rank
         self.rank_of_slot[slot] = rank
@@ -82,7 +83,7 @@ class LoraStack:
             return
         for g, (start, width) in enumerate(self.parts):
             h = x @ self.a[s, g * self.max_rank : g * self.max_rank + r].t()  # [n, r]
-            y[:, start : start + width] += h @ self.b[s, start : start + width, :r].t()
+            y[:, start : start + width] += h @ self.b[s, :r, start : start + width]
 
 
 class TokenLora(NamedTuple):
