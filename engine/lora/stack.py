@@ -74,8 +74,7 @@ class LoraStack:
                 first += n
             return
         assert routing.token_slots is not None
-        lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments,
-                           self.active_rank)  # fmt: skip
+        lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
 
     def _add_dense(self, x: torch.Tensor, y: torch.Tensor, s: int) -> None:
         # every row on slot s: x [n, K], y [n, N] updated in place
@@ -104,4 +103,4 @@ class TokenLora(NamedTuple):
 
     def add(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # y: [T, N] projection output, updated in place with the expand of t; returns y
-        return lora_expand(*self.expand(t)[:5], y, self.stack.segments, self.stack.active_rank)
+        return lora_expand(*self.expand(t)[:5], y, self.stack.segments)
