@@ -2,7 +2,8 @@
 # One lent-GPU call per stage (each fits in 10 minutes); results land in ${OUT:-out}/<stage>/.
 #   bash bench/gpu_session.sh engine    # GPU tests (Triton kernels, render stream, LLM parking), bench_engine, bench_pipeline
 #   bash bench/gpu_session.sh sdxl      # bench_sdxl: graphed/eager/diffusers, plans, capped cards with the 8B engine
-#   bash bench/gpu_session.sh kernels   # bench_kernels --check, register-table sweep at M = 1 (same tile up to M = 16), --bench
+#   bash bench/gpu_session.sh kernels   # bench_kernels --check, register-table sweep at M = 1 (same tile up to M = 16), --bench,
+#                                       # probe_lora_fusion (each fused LoRA half alone)
 # BENCH_COMMIT names the commit in the reports (the device copy has no .git).
 # A bare GPU image with torch/transformers/peft needs these too (wheels, installed with --no-deps): bitsandbytes,
 # diffusers, importlib_metadata, zipp, tomli_w, platformdirs, and pytest with pluggy, iniconfig, packaging.
@@ -26,6 +27,7 @@ sdxl)
 kernels)
   timeout 560 python -m bench.bench_kernels --check --sweep --sweep-m 1 --lookups 4 --bench \
     --out "$out/kernels.json" 2>&1 | grep -v "failed:" | tee "$out/kernels.log" | grep -v "^check .* ok" | tail -60
+  timeout 90 python -m bench.probe_lora_fusion 2>&1 | tee "$out/lora_fusion.log" | tail -50
   ;;
 *)
   echo "unknown stage: $stage" >&2
