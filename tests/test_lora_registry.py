@@ -197,3 +197,20 @@ def test_fan_out_over_more_adapters_than_slots_completes(setup):
 )
 def test_family_warning_reads_the_model_name_only(base, warned):
     assert bool(family_warnings(base)) is warned
+
+
+def test_graphs_are_redone_when_any_stacks_rank_grows(setup, tmp_path):
+    # the decode kernels read each stack's ranks up to its largest resident one, a bound the CUDA graphs bake in
+    base, _, _ = setup
+    specs = {"q8": (8, ["q_proj"]), "o4": (4, ["o_proj"]), "o8": (8, ["o_proj"])}
+    paths = {name: make_peft_adapter(base, tmp_path / name, seed=20 + i, r=r, target_modules=targets)
+             for i, (name, (r, targets)) in enumerate(specs.items())}  # fmt: skip
+    with Engine(EngineConfig(model=base, quantization="none", max_loras=3)) as eng:
+        versions = []
+        for name, path in paths.items():
+            eng.adapters.load(name, path)
+            eng.generate(["Hi"], GREEDY, adapters=[name])  # writes its GPU slot
+            versions.append(eng.adapters.version())
+        assert versions[0] < versions[1] < versions[2]  # o's rank 4 -> 8 while the largest overall stays 8
+        eng.generate(["Hi"], GREEDY, adapters=["o4"])
+        assert eng.adapters.version() == versions[2]  # using resident adapters changes nothing

@@ -98,13 +98,14 @@ class AdapterRegistry:
             return sorted(self._entries)
 
     def version(self) -> int:
-        """Changes when captured decode graphs must be redone: a LoRA stack was allocated, or the largest resident
-        rank changed (the CPU/gather path slices by it). Writing adapters into existing slots keeps graphs valid."""
+        """Changes when captured decode graphs must be redone: a LoRA stack was allocated, or a stack's largest
+        resident rank changed (the decode kernels read ranks up to it). Writing adapters into existing slots
+        within those ranks keeps graphs valid."""
         return self._version
 
-    def _stack_layout(self) -> tuple[int, int]:
-        stacks = [p.lora for p in self._unique if p.lora is not None]
-        return len(stacks), max((s.active_rank for s in stacks), default=0)
+    def _stack_layout(self) -> tuple[int, ...]:
+        # per projection: its stack's largest resident rank, -1 without a stack
+        return tuple(-1 if p.lora is None else p.lora.active_rank for p in self._unique)
 
     def _note_layout(self) -> None:
         layout = self._stack_layout()
