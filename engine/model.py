@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels import LoraExpand
 from engine.kernels.decode_attention import decode_attention
 from engine.kernels.fused_ops import add_rms_norm, rope_kv_write, silu_mul
 from engine.kv_cache import KVCache
@@ -78,16 +79,15 @@ class Attention(nn.Module):
         self.q_size, self.kv_size = args.q_size, args.kv_size
 
     def forward(
-        self, x: torch.Tensor, lora_t: torch.Tensor | None, meta: ForwardMeta, k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        self, x: torch.Tensor, meta: ForwardMeta, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        lora: LoraExpand | None = None,
     ) -> torch.Tensor:  # fmt: skip
-        # x: [T, D]; lora_t: qkv's LoRA shrink of x (decode), its expand then fused into RoPE;
-        # k_cache/v_cache: [S, Hkv, P, Dh]
+        # x: [T, D]; k_cache/v_cache: [S, Hkv, P, Dh]; lora: qkv's LoRA expand (decode), fused into RoPE
         t = x.shape[0]
-        qkv = self.qkv(x) if lora_t is None else self.qkv.base(x)  # [T, (H + 2 Hkv) Dh]
+        qkv = self.qkv(x) if lora is None else self.qkv.base(x)  # [T, (H + 2 Hkv) Dh]
         cos, sin = meta.rope
         if meta.is_prefill:
-            assert lora_t is None, "per-row LoRA routing is for decode steps"
+            assert lora is None, "per-row LoRA routing is for decode steps"
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = RotaryEmbedding.apply(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, Dh]
             k = RotaryEmbedding.apply(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, Dh]
@@ -96,7 +96,6 @@ class Attention(nn.Module):
                              zip(q.split(meta.prefill_lengths), k.split(meta.prefill_lengths),
                                  v.split(meta.prefill_lengths), meta.prefill_slots, strict=True)])  # fmt: skip
         else:
-            lora = None if lora_t is None else self.qkv.token_lora().expand(lora_t)
             q = rope_kv_write(qkv, meta.positions, cos, sin, k_cache, v_cache, self.num_heads, self.num_kv_heads,
                               self.head_dim, lora)  # fmt: skip
             out = decode_attention(q, k_cache, v_cache, meta.lengths, meta.kv_len)  # [n, H, Dh]
@@ -123,12 +122,11 @@ class MLP(nn.Module):
         self.gate_up, self.down = gate_up, down
         self.intermediate_size = intermediate_size
 
-    def forward(self, x: torch.Tensor, lora_t: torch.Tensor | None) -> torch.Tensor:
-        # x: [T, D]; lora_t: gate_up's LoRA shrink of x (decode), its expand then fused into SiLU-mul
-        expand = None if lora_t is None else self.gate_up.token_lora().expand(lora_t)
-        gate_up = self.gate_up(x) if lora_t is None else self.gate_up.base(x)  # [T, 2I]
+    def forward(self, x: torch.Tensor, lora: LoraExpand | None = None) -> torch.Tensor:
+        # x: [T, D]; lora: gate_up's LoRA expand (decode), fused into SiLU-mul
+        gate_up = self.gate_up(x) if lora is None else self.gate_up.base(x)  # [T, 2I]
         down = self.down.token_lora()
-        act, down_t = silu_mul(gate_up, self.intermediate_size, expand, down.shrink() if down else None)
+        act, down_t = silu_mul(gate_up, self.intermediate_size, lora, down.shrink() if down else None)
         return self.down(act) if down is None else down.add(self.down.base(act), down_t)
 
 
@@ -142,10 +140,12 @@ class DecoderLayer(nn.Module):
         v_cache: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         # h: residual stream [T, D] still missing `delta` (the previous layer's MLP output); -> (h, this MLP's output)
-        h, x, qkv_t = self.attn_norm(h, delta, self.attn.qkv.token_lora())
-        h, x, gate_up_t = self.mlp_norm(h, self.attn(x, qkv_t, meta, k_cache, v_cache),
-                                                    self.mlp.gate_up.token_lora())  # fmt: skip
-        return h, self.mlp(x, gate_up_t)
+        # with per-row adapters each norm makes the next projection's shrink t, its consumer adds the expand
+        qkv_lora, gate_up_lora = self.attn.qkv.token_lora(), self.mlp.gate_up.token_lora()
+        h, x, qkv_t = self.attn_norm(h, delta, qkv_lora)
+        attn_out = self.attn(x, meta, k_cache, v_cache, qkv_lora.expand(qkv_t) if qkv_lora else None)
+        h, x, gate_up_t = self.mlp_norm(h, attn_out, gate_up_lora)
+        return h, self.mlp(x, gate_up_lora.expand(gate_up_t) if gate_up_lora else None)
 
 
 class LlamaModel(nn.Module):

@@ -111,7 +111,7 @@ def lora_expand(
     y: torch.Tensor,
     segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """y += scale_s * t @ B_s^T in place (y may be a column slice of a wider buffer); returns y."""
+    """y += scale_s * t @ B_s in place (y may be a column slice of a wider buffer); returns y."""
     if not _use_triton(y):
         return lora_expand_reference(t, slot_ids, b_stack, scales, ranks, y, segments)
     from engine.kernels.lora_triton import lora_expand_triton
@@ -129,7 +129,7 @@ def lora_shrink_expand(
     y: torch.Tensor,
     segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """y += scale_s * (x @ A_s^T) @ B_s^T per row, s = slot_ids[row] (-1 adds nothing); returns y.
+    """y += scale_s * (x @ A_s^T) @ B_s per row, s = slot_ids[row] (-1 adds nothing); returns y.
     `segments`: first columns of segments 1.. of a fused projection (see lora_reference.py)."""
     check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y, segments)
     t = lora_shrink(x, slot_ids, a_stack, ranks, len(segments) + 1)

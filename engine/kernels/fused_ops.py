@@ -70,10 +70,10 @@ def rope_kv_write(
     lora: LoraExpand | None = None,
 ) -> torch.Tensor:
     """Decode step, qkv's LoRA `lora` added first: q [n, H, Dh] rotated (new tensor); k rotated and v raw
-    written in place to k_cache[i, :, positions[i]], v_cache[i, :, positions[i]] for rows i < n. qkv [n, (H + 2*Hkv) * Dh] =
-    [q heads | k heads | v heads]; cos, sin: RotaryEmbedding's full [P, Dh] tables; caches [S >= n, Hkv, P, Dh].
-    Positions must lie in [0, P): the CPU path raises IndexError, the CUDA kernel (which cannot check without
-    a host sync) writes no cache entry for such a row."""
+    written in place to k_cache[i, :, positions[i]], v_cache[i, :, positions[i]] for rows i < n.
+    qkv [n, (H + 2*Hkv) * Dh] = [q heads | k heads | v heads]; cos, sin: RotaryEmbedding's full [P, Dh]
+    tables; caches [S >= n, Hkv, P, Dh]. Positions must lie in [0, P): the CPU path raises IndexError, the
+    CUDA kernel (which cannot check without a host sync) writes no cache entry for such a row."""
     check_rope_kv_args(qkv, positions, cos, sin, k_cache, v_cache, num_heads, num_kv_heads, head_dim)
     if not _use_triton(qkv):
         return rope_kv_write_reference(

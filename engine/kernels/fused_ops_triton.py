@@ -82,8 +82,8 @@ def _silu_mul_kernel(
     et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, e_r, e_seg1, e_seg2,
     sslot_ptr, sa_ptr, srank_ptr, st_ptr, s_segr,
     BLOCK: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
-    T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, HAS_SHRINK: tl.constexpr, S_NUM_SEG: tl.constexpr, SEG_P2: tl.constexpr,
-    RB: tl.constexpr,
+    T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, HAS_SHRINK: tl.constexpr, S_NUM_SEG: tl.constexpr,
+    SEG_P2: tl.constexpr, RB: tl.constexpr,
 ):  # fmt: skip
     """Program (row, j): act[row, j-th block] = silu(gate) * up, gate_up's LoRA delta added to gate and up
     first (HAS_LORA), the down projection's shrink partial of this block into t[row, j] after (HAS_SHRINK).

@@ -1,11 +1,11 @@
 """Plain-torch multi-LoRA over stacked adapter slots (the CPU path and the oracle for the Triton kernels).
 
 Same two steps as the Triton kernels: shrink t = x @ A_s[:r]^T (fp32, shape [M, 1, R]: one K split),
-then expand y += scale_s * t @ B_s[:, :r]^T. Rank padding beyond ranks[s] is masked, so stale values in a
+then expand y += scale_s * t @ B_s[:r]. Rank padding beyond ranks[s] is masked, so stale values in a
 slot never leak into the result; rows with slot -1 add nothing.
 
 Fused projections (q/k/v, gate/up) use segments: A_stack stacks each projection's A ([S, G*R, K] for G
-segments), B_stack holds each output column's own B column ([S, R, N]), and `segments` lists the first
+segments), B_stack holds each output column's own B weights ([S, R, N]), and `segments` lists the first
 column of segments 1..G-1 (for Llama-3-8B qkv: (4096, 5120)). Column n uses t[..., g*R:(g+1)*R] of its
 segment g, so no block-diagonal zeros are stored or read.
 """
@@ -75,7 +75,7 @@ def lora_expand_reference(
     y: torch.Tensor,
     segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """y += scale_s * t_s @ B_s[:, :r]^T in place, t: [M, splits, G*R] partial sums; returns y."""
+    """y += scale_s * t_s @ B_s[:r] in place, t: [M, splits, G*R] partial sums; returns y."""
     if segments:
         r = b_stack.shape[1]
         bounds = (0, *segments, y.shape[1])
@@ -102,7 +102,7 @@ def lora_reference(
     y: torch.Tensor,
     segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """y += scale_s * (x @ A_s^T) @ B_s^T per row (gather + bmm in fp32); returns y."""
+    """y += scale_s * (x @ A_s^T) @ B_s per row (gather + bmm in fp32); returns y."""
     check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y, segments)
     t = lora_shrink_reference(x, slot_ids, a_stack, ranks, len(segments) + 1)
     return lora_expand_reference(t, slot_ids, b_stack, scales, ranks, y, segments)

@@ -1,10 +1,10 @@
 """Triton multi-LoRA kernels over stacked adapter slots (Punica-style shrink, then expand).
 
 shrink: t[m, split, :] = x[m, k-slice] @ A_s[:, k-slice]^T             (fp32 partial sums, one per K split)
-expand: y[m, n]       += scale_s * (sum_split t[m, split, g*R : g*R + rank_s]) . B_s[n, :rank_s]
+expand: y[m, n]       += scale_s * (sum_split t[m, split, g*R : g*R + rank_s]) . B_s[:rank_s, n]
 s = slot_ids[m], g = segment of column n (fused projections, see lora_reference.py). Rows with slot -1
 read nothing and add nothing; rank padding is masked, so it is never read. Both steps also fuse into the
-kernels next to a projection through `lora_delta_tile` and `lora_shrink_slice`: the expand into the NF4
+kernels next to a projection through `lora_delta_tile` and `lora_a_slice` + `lora_shrink_store`: the expand into the NF4
 matmul's epilogue (nf4_triton.py), RoPE and SiLU-mul, the shrink into RMSNorm and SiLU-mul (fused_ops_triton.py).
 """
 
@@ -32,9 +32,9 @@ def lora_delta_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
     T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """scale_s * t[m, g*R : g*R + r] . B_s[n, :r] for a [BLOCK_M, BLOCK_N] tile starting at column n_start
+    """scale_s * t[m, g*R : g*R + r] . B_s[:r, n] for a [BLOCK_M, BLOCK_N] tile starting at column n_start
     (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. No branches,
-    and t's T_SPLITS partial sums load as one [BM, T_BLOCK, RC] tile: their latencies overlap (loaded one by
+    and t's T_SPLITS partial sums load as one [BM, T_BLOCK, RC] tile, so their latencies overlap (loaded one by
     one they cost ~0.3 us each on an H200)."""
     m_mask = offs_m < M
     slots = tl.load(slot_ptr + offs_m, mask=m_mask, other=-1)  # [BM]
@@ -154,6 +154,11 @@ def block_r(r: int) -> int:
     return max(R_CHUNK.value, triton.next_power_of_2(r))
 
 
+def bounded_rank(rank_bound: int, r: int) -> int:
+    """The ranks a fused half reads: the largest resident rank (0: all r of the stack), padded like block_r."""
+    return block_r(min(rank_bound or r, r))
+
+
 def segment_args(segments: tuple[int, ...], block_n: int) -> tuple[int, int]:
     """The segment starts as kernel scalars; each must fall on a tile boundary."""
     assert len(segments) < MAX_SEGMENTS, f"at most {MAX_SEGMENTS} segments"
@@ -170,7 +175,7 @@ def expand_args(lora: LoraExpand | None, dummy: torch.Tensor, block_n: int) -> t
         return (dummy,) * 5 + (1, 0, 0), dict(HAS_LORA=False, BLOCK_R=R_CHUNK.value, NUM_SEG=1, T_SPLITS=1, T_BLOCK=1)
     t, slot_ids, b_stack, scales, ranks, segments, rank_bound = lora
     r = b_stack.shape[1]
-    consts = dict(HAS_LORA=True, BLOCK_R=block_r(min(rank_bound or r, r)), NUM_SEG=len(segments) + 1,
+    consts = dict(HAS_LORA=True, BLOCK_R=bounded_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
                   T_SPLITS=t.shape[1], T_BLOCK=triton.next_power_of_2(t.shape[1]))  # fmt: skip
     return (t, slot_ids, b_stack, scales, ranks, r, *segment_args(segments, block_n)), consts
 
@@ -180,7 +185,7 @@ def shrink_tile(shrink: LoraShrink | None, limit: int) -> int:
     SHRINK_TILE values; `limit` caps it (the op's own block)."""
     if shrink is None:
         return limit
-    rows = triton.next_power_of_2(shrink.num_segments) * _rank_bound(shrink)
+    rows = triton.next_power_of_2(shrink.num_segments) * _shrink_rank(shrink)
     return max(16, min(limit, SHRINK_TILE // rows))
 
 
@@ -194,13 +199,12 @@ def shrink_args(shrink: LoraShrink | None, rows: int, splits: int, like: torch.T
     r_total = a_stack.shape[1]
     t = torch.empty((rows, splits, r_total), dtype=torch.float32, device=like.device)
     consts = dict(HAS_SHRINK=True, S_NUM_SEG=num_segments, SEG_P2=triton.next_power_of_2(num_segments),
-                  RB=_rank_bound(shrink))  # fmt: skip
+                  RB=_shrink_rank(shrink))  # fmt: skip
     return (slot_ids, a_stack, ranks, t, r_total // num_segments), consts
 
 
-def _rank_bound(shrink: LoraShrink) -> int:
-    seg_r = shrink.a_stack.shape[1] // shrink.num_segments
-    return block_r(min(shrink.rank_bound or seg_r, seg_r))
+def _shrink_rank(shrink: LoraShrink) -> int:
+    return bounded_rank(shrink.rank_bound, shrink.a_stack.shape[1] // shrink.num_segments)
 
 
 def lora_shrink_triton(
@@ -230,7 +234,7 @@ def lora_expand_triton(
     y: torch.Tensor,
     segments: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """y += scale_s * t_s @ B_s^T in place (y may be a column slice of a wider buffer); returns y."""
+    """y += scale_s * t_s @ B_s in place (y may be a column slice of a wider buffer); returns y."""
     m, splits, _ = t.shape
     n, r = y.shape[1], b_stack.shape[1]
     assert y.stride(1) == 1, "y rows must be contiguous"

@@ -19,7 +19,7 @@ class LoraShrink(NamedTuple):
 
 
 class LoraExpand(NamedTuple):
-    """The expand half of LoRA: y += scale_s * t @ B_s^T, t being the shrink's output."""
+    """The expand half of LoRA: y += scale_s * t @ B_s, t being the shrink's output."""
 
     t: torch.Tensor  # [M, splits, G*R] fp32
     slot_ids: torch.Tensor  # [M] int32, -1 = no adapter

@@ -102,8 +102,8 @@ def _nf4_matmul_kernel(
     M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, LOOKUP: tl.constexpr, SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr,
-    LUT_CONSTRAINTS: tl.constexpr,
+    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, LOOKUP: tl.constexpr,
+    SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr, LUT_CONSTRAINTS: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
