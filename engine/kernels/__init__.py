@@ -110,13 +110,15 @@ def lora_expand(
     ranks: torch.Tensor,
     y: torch.Tensor,
     segments: tuple[int, ...] = (),
+    rank_bound: int = 0,
 ) -> torch.Tensor:
-    """y += scale_s * t @ B_s in place (y may be a column slice of a wider buffer); returns y."""
+    """y += scale_s * t @ B_s in place (y may be a column slice of a wider buffer); returns y. rank_bound: the
+    largest rank among the slots (0: B's padded rank), the last rank the kernel reads."""
     if not _use_triton(y):
         return lora_expand_reference(t, slot_ids, b_stack, scales, ranks, y, segments)
     from engine.kernels.lora_triton import lora_expand_triton
 
-    return lora_expand_triton(t, slot_ids, b_stack, scales, ranks, y, segments)
+    return lora_expand_triton(t, slot_ids, b_stack, scales, ranks, y, segments, rank_bound)
 
 
 def lora_shrink_expand(
@@ -128,9 +130,11 @@ def lora_shrink_expand(
     ranks: torch.Tensor,
     y: torch.Tensor,
     segments: tuple[int, ...] = (),
+    rank_bound: int = 0,
 ) -> torch.Tensor:
     """y += scale_s * (x @ A_s^T) @ B_s per row, s = slot_ids[row] (-1 adds nothing); returns y.
-    `segments`: first columns of segments 1.. of a fused projection (see lora_reference.py)."""
+    `segments`: first columns of segments 1.. of a fused projection (see lora_reference.py); rank_bound as in
+    `lora_expand`."""
     check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y, segments)
     t = lora_shrink(x, slot_ids, a_stack, ranks, len(segments) + 1)
-    return lora_expand(t, slot_ids, b_stack, scales, ranks, y, segments)
+    return lora_expand(t, slot_ids, b_stack, scales, ranks, y, segments, rank_bound)

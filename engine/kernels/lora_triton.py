@@ -33,9 +33,10 @@ def lora_delta_tile(
     T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr,
 ):  # fmt: skip
     """scale_s * t[m, g*R : g*R + r] . B_s[:r, n] for a [BLOCK_M, BLOCK_N] tile starting at column n_start
-    (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. No branches,
-    and t's T_SPLITS partial sums load as one [BM, T_BLOCK, RC] tile, so their latencies overlap (loaded one by
-    one they cost ~0.3 us each on an H200)."""
+    (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. Rank by rank
+    (BLOCK_R: the largest resident rank), one outer product each: every B row loads contiguous and nothing is
+    reduced across threads. No branches, and t's T_SPLITS partial sums load as one tile, so all latencies
+    overlap (loaded one by one, partials cost ~0.3 us each on an H200)."""
     m_mask = offs_m < M
     slots = tl.load(slot_ptr + offs_m, mask=m_mask, other=-1)  # [BM]
     active = slots >= 0
@@ -49,20 +50,15 @@ def lora_delta_tile(
         seg += (n_start >= seg2).to(tl.int32)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
+    offs_i = tl.arange(0, T_BLOCK)
+    t_rows = t_ptr + (offs_m[:, None] * T_SPLITS + offs_i[None, :]) * (NUM_SEG * R) + seg * R  # [BM, TB]
+    b_rows = b_ptr + s[:, None] * (N * R) + offs_n[None, :]  # [BM, BN]
     delta = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for r0 in tl.static_range(0, BLOCK_R, R_CHUNK):  # BLOCK_R covers the largest resident rank
-        offs_r = r0 + tl.arange(0, R_CHUNK)  # [RC]
-        r_mask = offs_r[None, :] < rank[:, None]  # [BM, RC]
-        offs_i = tl.arange(0, T_BLOCK)  # the split partials, loaded as one tile
-        t_rows = (offs_m[:, None, None] * T_SPLITS + offs_i[None, :, None]) * (NUM_SEG * R)
-        t_mask = r_mask[:, None, :] & (offs_i < T_SPLITS)[None, :, None]
-        t = tl.sum(tl.load(t_ptr + t_rows + seg * R + offs_r[None, None, :], mask=t_mask, other=0.0), axis=1)
-        b = tl.load(
-            b_ptr + s[:, None, None] * (N * R) + offs_r[None, :, None] * N + offs_n[None, None, :],
-            mask=r_mask[:, :, None] & n_mask[None, None, :],
-            other=0.0,
-        )  # [BM, RC, BN]: each rank's columns are contiguous
-        delta += tl.sum(b.to(tl.float32) * t[:, :, None], axis=1)
+    for r in tl.static_range(BLOCK_R):
+        r_ok = (r < rank)[:, None]  # [BM, 1]
+        t_r = tl.sum(tl.load(t_rows + r, mask=r_ok & (offs_i < T_SPLITS)[None, :], other=0.0), axis=1)  # [BM]
+        b_r = tl.load(b_rows + r * N, mask=r_ok & n_mask[None, :], other=0.0)  # [BM, BN]
+        delta += t_r[:, None] * b_r.to(tl.float32)
     return delta * scale[:, None]
 
 
@@ -154,9 +150,14 @@ def block_r(r: int) -> int:
     return max(R_CHUNK.value, triton.next_power_of_2(r))
 
 
+def expand_rank(rank_bound: int, r: int) -> int:
+    """The ranks an expand reads, one by one: the largest resident rank (0: all r of the stack)."""
+    return min(rank_bound or r, r)
+
+
 def bounded_rank(rank_bound: int, r: int) -> int:
-    """The ranks a fused half reads: the largest resident rank (0: all r of the stack), padded like block_r."""
-    return block_r(min(rank_bound or r, r))
+    """The ranks a shrink reads as one tile: `expand_rank`, padded like block_r."""
+    return block_r(expand_rank(rank_bound, r))
 
 
 def segment_args(segments: tuple[int, ...], block_n: int) -> tuple[int, int]:
@@ -172,10 +173,10 @@ def expand_args(lora: LoraExpand | None, dummy: torch.Tensor, block_n: int) -> t
     (HAS_LORA, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK); `dummy` fills the pointers without one. Tiles are block_n
     wide."""
     if lora is None:
-        return (dummy,) * 5 + (1, 0, 0), dict(HAS_LORA=False, BLOCK_R=R_CHUNK.value, NUM_SEG=1, T_SPLITS=1, T_BLOCK=1)
+        return (dummy,) * 5 + (1, 0, 0), dict(HAS_LORA=False, BLOCK_R=1, NUM_SEG=1, T_SPLITS=1, T_BLOCK=1)
     t, slot_ids, b_stack, scales, ranks, segments, rank_bound = lora
     r = b_stack.shape[1]
-    consts = dict(HAS_LORA=True, BLOCK_R=bounded_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
+    consts = dict(HAS_LORA=True, BLOCK_R=expand_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
                   T_SPLITS=t.shape[1], T_BLOCK=triton.next_power_of_2(t.shape[1]))  # fmt: skip
     return (t, slot_ids, b_stack, scales, ranks, r, *segment_args(segments, block_n)), consts
 
@@ -233,6 +234,7 @@ def lora_expand_triton(
     ranks: torch.Tensor,
     y: torch.Tensor,
     segments: tuple[int, ...] = (),
+    rank_bound: int = 0,
 ) -> torch.Tensor:
     """y += scale_s * t_s @ B_s in place (y may be a column slice of a wider buffer); returns y."""
     m, splits, _ = t.shape
@@ -244,7 +246,7 @@ def lora_expand_triton(
         grid = (triton.cdiv(n, EXPAND_BLOCK_N), triton.cdiv(m, block_m))
         _lora_expand_kernel[grid](
             t, slot_ids, b_stack, scales, ranks, y, m, n, r, seg1, seg2, y.stride(0),
-            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=block_r(r), NUM_SEG=len(segments) + 1,
+            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=expand_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
             T_SPLITS=splits, T_BLOCK=triton.next_power_of_2(splits), num_warps=4,
         )  # fmt: skip
     return y

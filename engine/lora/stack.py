@@ -74,7 +74,8 @@ class LoraStack:
                 first += n
             return
         assert routing.token_slots is not None
-        lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments)
+        lora_shrink_expand(x, routing.token_slots, self.a, self.b, self.scales, self.ranks, y, self.segments,
+                           self.active_rank)  # fmt: skip
 
     def _add_dense(self, x: torch.Tensor, y: torch.Tensor, s: int) -> None:
         # every row on slot s: x [n, K], y [n, N] updated in place
@@ -103,4 +104,4 @@ class TokenLora(NamedTuple):
 
     def add(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # y: [T, N] projection output, updated in place with the expand of t; returns y
-        return lora_expand(*self.expand(t)[:5], y, self.stack.segments)
+        return lora_expand(*self.expand(t)[:5], y, self.stack.segments, self.stack.active_rank)
