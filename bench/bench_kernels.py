@@ -67,7 +67,7 @@ DOT_TILES = list(
 )  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
 FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
 LOOKUPS = (3, 4)  # byte-pair table, register table (swapped); --check covers lookups 0 and 1 too
-SPLITS = (1, 2, 4, 8)
+SPLITS = (1, 2, 4, 8, 16)
 DEVICE = torch.device("cuda")
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 NF4_CODE = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -420,23 +420,26 @@ def matmul_4bit(x, qweight, state):
     return bnb_matmul_4bit(x, qweight, state)
 
 
-def run_bench(bandwidth: float) -> dict:
+def run_bench(bandwidth: float, quick: bool = False) -> dict:
+    """quick: our kernels at M = 1 and 8 only (no bitsandbytes, no dequantize + cuBLAS, no LoRA)."""
     code = nf4_code()
+    batches, with_bnb = ((1, 8), False) if quick else (BATCHES, HAS_BNB)
     out: dict = {"per_linear": [], "step": [], "lora": []}
     for name, (n, k) in SHAPES.items():
         copies = rotating_copies(n, k, code)
         floor_ms = copies[0].nbytes / bandwidth * 1e3
-        for m in (1, 8) if HAS_BNB else ():
+        for m in (1, 8) if with_bnb else ():
             ms = bnb_per_call_ms(torch.randn(m, k, device=DEVICE, dtype=torch.float16), copies)
             out["per_linear"].append(dict(impl="bnb", shape=name, m=m, ms=ms, floor_ms=floor_ms))
-        for m in BATCHES:
+        for m in batches:
             x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
             ms = per_call_ms(lambda w, x=x: ours(x, w), copies)
             out["per_linear"].append(dict(impl="ours", shape=name, m=m, ms=ms, floor_ms=floor_ms))
-        x = torch.randn(16, k, device=DEVICE, dtype=torch.float16)
-        ms = per_call_ms(lambda w, x=x: F.linear(x, nf4_dequantize(w.qweight, w.absmax, w.code, w.n, w.k)), copies)
-        out["per_linear"].append(dict(impl="dequantize+cublas", shape=name, m=16, ms=ms, floor_ms=floor_ms))
-        for row in out["per_linear"][-len(BATCHES) - 1 - 2 * HAS_BNB :]:
+        if not quick:
+            x = torch.randn(16, k, device=DEVICE, dtype=torch.float16)
+            ms = per_call_ms(lambda w, x=x: F.linear(x, nf4_dequantize(w.qweight, w.absmax, w.code, w.n, w.k)), copies)
+            out["per_linear"].append(dict(impl="dequantize+cublas", shape=name, m=16, ms=ms, floor_ms=floor_ms))
+        for row in out["per_linear"][-len(batches) - (not quick) - 2 * with_bnb :]:
             print(f"linear {row['impl']:18s} {name:8s} M={row['m']:<3d} {row['ms'] * 1e3:8.1f} us "
                   f"({row['floor_ms'] / row['ms']:.0%} of floor)", flush=True)  # fmt: skip
         del copies
@@ -455,7 +458,7 @@ def run_bench(bandwidth: float) -> dict:
                 linear(xs[w.k][:m], w)
         F.linear(xs[LM_HEAD[1]][:m], lm_head)
 
-    states = [{name: w.quant_state() for name, w in layer.items()} for layer in layers] if HAS_BNB else []
+    states = [{name: w.quant_state() for name, w in layer.items()} for layer in layers] if with_bnb else []
     state_of = {id(w): states[i][name] for i, layer in enumerate(states and layers) for name, w in layer.items()}
 
     def bnb_linear(x, w):
@@ -463,8 +466,8 @@ def run_bench(bandwidth: float) -> dict:
 
     lm_ms = time_graph(lambda: F.linear(xs[LM_HEAD[1]][:1], lm_head))
     out["lm_head_ms_m1"] = lm_ms
-    for impl, linear, batches in (("bnb", bnb_linear, (1, 8) if HAS_BNB else ()), ("ours", ours, BATCHES)):
-        for m in batches:
+    for impl, linear, step_batches in (("bnb", bnb_linear, (1, 8) if with_bnb else ()), ("ours", ours, batches)):
+        for m in step_batches:
             ms = guarded(lambda m=m, linear=linear: step(m, linear), reps=10)
             out["step"].append(dict(impl=impl, m=m, ms=ms, floor_ms=floor_ms, floor_fraction=floor_ms / ms))
             print(
@@ -472,7 +475,7 @@ def run_bench(bandwidth: float) -> dict:
             )
     base = {row["m"]: row["ms"] for row in out["step"] if row["impl"] == "ours"}
 
-    for setup, (r, targets) in LORA_SETUPS.items():
+    for setup, (r, targets) in () if quick else LORA_SETUPS.items():
         adapters = [{name: random_adapters(*SHAPES[name], r, SEGMENTS[name], False) for name in targets}
                     for _ in range(LAYERS)]  # fmt: skip
         lora_bytes = sum(a[0][0].numel() * 2 + a[1][0].numel() * 2 for lay in adapters for a in lay.values())
@@ -536,6 +539,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--bench", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="--bench: ours at M = 1 and 8 only, no LoRA")
     parser.add_argument("--sweep-m", type=int, nargs="+", default=SWEEP_M, help="batch sizes the sweep times")
     parser.add_argument("--lookups", type=int, nargs="+", default=LOOKUPS, help="table lookups the sweep tries")
     parser.add_argument("--workers", type=int, default=14, help="processes compiling the sweep's kernels")
@@ -571,7 +575,7 @@ def main() -> int:
                 print(f"    {key}: {cfg!r},")
             print("}", flush=True)
         if args.bench:
-            result["bench"] = run_bench(result["bandwidth"])
+            result["bench"] = run_bench(result["bandwidth"], args.quick)
     except Exception:
         result["error"] = traceback.format_exc()
         print(result["error"], flush=True)

@@ -154,14 +154,15 @@ def _nf4_matmul_kernel(
     if IS_SPLIT:
         tile = pid_m * tl.num_programs(0) + pid_n
         tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        tl.store(ws_ptr + (tile * split_k + pid_k) * (BLOCK_M * BLOCK_N) + tile_offs, out)
+        ws_mask = m_mask[:, None]  # the batch's own rows only: at M = 1 a tile is 1 of BLOCK_M rows
+        tl.store(ws_ptr + (tile * split_k + pid_k) * (BLOCK_M * BLOCK_N) + tile_offs, out, mask=ws_mask)
         tl.debug_barrier()
         ticket = tl.atomic_add(ticket_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if ticket == split_k - 1:
             total = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
             for s in range(split_k):
                 part = ws_ptr + (tile * split_k + s) * (BLOCK_M * BLOCK_N) + tile_offs
-                total += tl.load(part, cache_modifier=".cg")
+                total += tl.load(part, mask=ws_mask, other=0.0, cache_modifier=".cg")
             _store_tile(total, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
                         stride_ym, lora_r, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R, NUM_SEG,
                         T_SPLITS, T_BLOCK)  # fmt: skip
