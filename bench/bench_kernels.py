@@ -67,7 +67,7 @@ DOT_TILES = list(
 )  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
 FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
 LOOKUPS = (3, 4)  # byte-pair table, register table (swapped); --check covers lookups 0 and 1 too
-SPLITS = (1, 2, 4, 8, 16)
+SPLITS = (1, 2, 4, 8)
 DEVICE = torch.device("cuda")
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 NF4_CODE = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

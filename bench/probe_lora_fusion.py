@@ -11,7 +11,7 @@ import torch
 
 import engine.kernels.fused_ops_triton as fused
 from bench.bench_kernels import SHAPES, nf4_code, ours, random_weight, time_graph
-from engine.kernels import LoraExpand, LoraShrink, lora_expand, lora_shrink
+from engine.kernels import LoraExpand, LoraShrink, lora_expand, lora_shrink, lora_shrink_expand
 from engine.rope import RotaryEmbedding
 
 SLOTS, MAX_RANK, RANK, COPIES = 8, 64, 16, 12
@@ -92,6 +92,7 @@ def probe(m: int, sts: dict[str, list[tuple[torch.Tensor, ...]]]) -> dict[str, f
     fused.LORA_SILU_MUL_BLOCK = base_block
     rows["o shrink kernel"] = us(lambda i: lora_shrink(h, slots, sts["o"][i][0], sts["o"][i][3]))
     y = torch.randn(m, D, device="cuda", dtype=torch.float16)
+    rows["o shrink + expand in one pass"] = us(lambda i: lora_shrink_expand(h, slots, *sts["o"][i], y, (), RANK))
     for splits in (8, 14, 28):
         t = torch.randn(m, splits, MAX_RANK, device="cuda")
         rows[f"expand kernel, {splits} splits"] = us(lambda i, t=t: lora_expand(*expand("o", i, t)[:5], y))

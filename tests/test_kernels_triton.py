@@ -20,7 +20,8 @@ if not (torch.cuda.is_available() or INTERPRET):
 from bitsandbytes.functional import dequantize_4bit, quantize_4bit  # noqa: E402
 
 from engine.kernels import LoraExpand, lora_reference  # noqa: E402
-from engine.kernels.lora_triton import lora_expand_triton, lora_shrink_triton  # noqa: E402
+from engine.kernels.lora_triton import lora_expand_triton, lora_one_pass_triton, lora_shrink_triton  # noqa: E402
+from engine.kernels.lora_types import ONE_PASS_MAX_ROWS  # noqa: E402
 from engine.kernels.nf4_configs import Nf4Config  # noqa: E402
 from engine.kernels.nf4_triton import (  # noqa: E402
     _num_sms,
@@ -116,6 +117,29 @@ def test_lora_segments_of_a_fused_projection(r: int) -> None:
     fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=Nf4Config(block_n=64, block_k=64), lora=lora)
     base = (x.float() @ reference.float().t()).to(torch.float16)
     assert _rel(fused, lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float(), segments)) < 1e-3
+
+
+@pytest.mark.parametrize("m", [1, 5, ONE_PASS_MAX_ROWS])
+@pytest.mark.parametrize("segments", [(), (256, 512), (128, 384)], ids=["plain", "segments", "segments128"])
+def test_lora_one_pass_matches_reference(m: int, segments: tuple[int, ...]) -> None:
+    s, r, k, n = 3, 16, 384, 640
+    gen = torch.Generator().manual_seed(m)
+    groups = len(segments) + 1
+    a_stack = (torch.randn(s, groups * r, k, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
+    b_stack = (torch.randn(s, r, n, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
+    scales = torch.tensor([0.5, 2.0, 1.0], device=DEVICE)
+    ranks = torch.tensor([4, 16, 8], dtype=torch.int32, device=DEVICE)
+    slot_ids = torch.tensor([(i + 1) % 4 - 1 for i in range(m)], dtype=torch.int32, device=DEVICE)[
+        torch.randperm(m, generator=gen)
+    ]
+    x = torch.randn(m, k, generator=gen).to(torch.float16).to(DEVICE)
+    y0 = torch.randn(m, n, generator=gen).to(torch.float16).to(DEVICE)
+    expected = lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, y0.float(), segments)
+    bound = int(ranks.max())  # the largest resident rank, as the engine passes it
+    got = lora_one_pass_triton(x, slot_ids, a_stack, b_stack, scales, ranks, y0.clone(), segments, rank_bound=bound)
+    assert _rel(got - y0, expected - y0.float()) < 2e-3
+    no_adapter = slot_ids < 0
+    assert torch.equal(got[no_adapter], y0[no_adapter])
 
 
 def test_byte_pair_table_holds_both_nibbles_of_each_byte() -> None:

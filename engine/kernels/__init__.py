@@ -19,7 +19,7 @@ from engine.kernels.lora_reference import (
     lora_reference,
     lora_shrink_reference,
 )
-from engine.kernels.lora_types import LoraExpand, LoraShrink
+from engine.kernels.lora_types import ONE_PASS_MAX_ROWS, LoraExpand, LoraShrink
 from engine.kernels.nf4_reference import check_nf4_args, nf4_dequantize_reference, nf4_matmul_reference
 
 __all__ = [
@@ -136,5 +136,9 @@ def lora_shrink_expand(
     `segments`: first columns of segments 1.. of a fused projection (see lora_reference.py); rank_bound as in
     `lora_expand`."""
     check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y, segments)
+    if _use_triton(y) and x.shape[0] <= ONE_PASS_MAX_ROWS:  # a decode batch: one launch
+        from engine.kernels.lora_triton import lora_one_pass_triton
+
+        return lora_one_pass_triton(x.contiguous(), slot_ids, a_stack, b_stack, scales, ranks, y, segments, rank_bound)
     t = lora_shrink(x, slot_ids, a_stack, ranks, len(segments) + 1)
     return lora_expand(t, slot_ids, b_stack, scales, ranks, y, segments, rank_bound)

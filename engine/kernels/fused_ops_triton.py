@@ -29,7 +29,7 @@ from engine.kernels.lora_triton import (
 from engine.kernels.lora_types import LoraExpand, LoraShrink
 
 SILU_MUL_BLOCK = 1024
-LORA_SILU_MUL_BLOCK = 256  # more programs, so the adapter reads spread over more SMs (probe_lora_fusion)
+LORA_SILU_MUL_BLOCK = 512  # twice the programs of SILU_MUL_BLOCK: adapter reads spread over more SMs
 NORM_SHRINK_SLICE = 512
 
 

@@ -16,13 +16,14 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.kernels.lora_types import LoraExpand, LoraShrink
+from engine.kernels.lora_types import ONE_PASS_MAX_ROWS, LoraExpand, LoraShrink
 
 R_CHUNK = tl.constexpr(16)
 SHRINK_BLOCK_K = 128
 MAX_SHRINK_SPLITS = 8
 MAX_SEGMENTS = 3
 EXPAND_BLOCK_N = 128
+ONE_PASS_BLOCK_K = 256
 SHRINK_TILE = 32768  # A values a fused shrink holds per program
 
 
@@ -145,6 +146,48 @@ def _lora_expand_kernel(
     tl.store(y_ptrs, (y.to(tl.float32) + delta).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _lora_one_pass_kernel(
+    x_ptr, slot_ptr, a_ptr, b_ptr, scale_ptr, rank_ptr, y_ptr, N, K, R, seg1, seg2, stride_xm, stride_ym,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, RB: tl.constexpr, NUM_SEG: tl.constexpr,
+):  # fmt: skip
+    """Program (column block, row): the row's shrink over all of K for the segment g of its columns, then
+    y[row, block] += scale_s * t . B_s[:rank, block]. Every program of a row recomputes the shrink (its A slice
+    comes from L2 after the first); in exchange a decode step's LoRA is one launch, not two."""
+    n_start = tl.program_id(0) * BLOCK_N
+    row = tl.program_id(1)
+    slot = tl.load(slot_ptr + row)
+    active = slot >= 0
+    s = tl.maximum(slot, 0).to(tl.int64)
+    rank = tl.where(active, tl.load(rank_ptr + s), 0)
+    scale = tl.where(active, tl.load(scale_ptr + s), 0.0)
+    seg = 0
+    if NUM_SEG > 1:
+        seg += (n_start >= seg1).to(tl.int32)
+    if NUM_SEG > 2:
+        seg += (n_start >= seg2).to(tl.int32)
+    offs_r = tl.arange(0, RB)
+    r_mask = offs_r < rank
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    b = tl.load(b_ptr + s * (R * N) + offs_r[:, None] * N + offs_n[None, :], mask=r_mask[:, None] & n_mask[None, :],
+                other=0.0)  # [RB, BN]: first, its latency overlaps the shrink  # fmt: skip
+    a_rows = a_ptr + s * (NUM_SEG * R * K) + (seg * R + offs_r)[:, None] * K  # [RB, 1]
+    acc = tl.zeros((RB, BLOCK_K), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        xk = tl.load(x_ptr + row * stride_xm + offs_k, mask=k_mask, other=0.0)  # [BK]
+        a = tl.load(a_rows + offs_k[None, :], mask=r_mask[:, None] & k_mask[None, :], other=0.0)  # [RB, BK]
+        acc += a.to(tl.float32) * xk.to(tl.float32)[None, :]
+    t = tl.sum(acc, axis=1)  # [RB]
+    delta = tl.sum(t[:, None] * b.to(tl.float32), axis=0) * scale  # [BN]
+    mask = n_mask & active
+    y_ptrs = y_ptr + row * stride_ym + offs_n
+    y = tl.load(y_ptrs, mask=mask, other=0.0)
+    tl.store(y_ptrs, (y.to(tl.float32) + delta).to(y_ptr.dtype.element_ty), mask=mask)
+
+
 def block_r(r: int) -> int:
     """Rank padded to a multiple of the kernels' rank chunk (a power of two)."""
     return max(R_CHUNK.value, triton.next_power_of_2(r))
@@ -248,5 +291,31 @@ def lora_expand_triton(
             t, slot_ids, b_stack, scales, ranks, y, m, n, r, seg1, seg2, y.stride(0),
             BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=expand_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
             T_SPLITS=splits, T_BLOCK=triton.next_power_of_2(splits), num_warps=4,
+        )  # fmt: skip
+    return y
+
+
+def lora_one_pass_triton(
+    x: torch.Tensor,
+    slot_ids: torch.Tensor,
+    a_stack: torch.Tensor,
+    b_stack: torch.Tensor,
+    scales: torch.Tensor,
+    ranks: torch.Tensor,
+    y: torch.Tensor,
+    segments: tuple[int, ...] = (),
+    rank_bound: int = 0,
+) -> torch.Tensor:
+    """y += scale_s * (x @ A_s^T) @ B_s in one launch, for at most ONE_PASS_MAX_ROWS rows; returns y."""
+    m, k = x.shape
+    n, r = y.shape[1], b_stack.shape[1]
+    assert m <= ONE_PASS_MAX_ROWS and x.stride(1) == 1 and y.stride(1) == 1
+    block_n = 2 * EXPAND_BLOCK_N if all(c % (2 * EXPAND_BLOCK_N) == 0 for c in segments) else EXPAND_BLOCK_N
+    seg1, seg2 = segment_args(segments, block_n)
+    if m:
+        _lora_one_pass_kernel[(triton.cdiv(n, block_n), m)](
+            x, slot_ids, a_stack, b_stack, scales, ranks, y, n, k, r, seg1, seg2, x.stride(0), y.stride(0),
+            BLOCK_N=block_n, BLOCK_K=ONE_PASS_BLOCK_K, RB=bounded_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
+            num_warps=4,
         )  # fmt: skip
     return y

@@ -7,6 +7,9 @@ from typing import NamedTuple
 
 import torch
 
+ONE_PASS_MAX_ROWS = 16  # lora_shrink_expand in one launch up to this many rows (decode batches); the one pass
+# repeats the shrink for every column block, so longer batches take the shrink and expand kernels
+
 
 class LoraShrink(NamedTuple):
     """The shrink half of LoRA: t = x @ A_s^T per row, fused into the op that computes x."""
