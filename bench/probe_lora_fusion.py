@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 import engine.kernels.fused_ops_triton as fused
+import engine.kernels.lora_triton as lora_triton
 from bench.bench_kernels import SHAPES, nf4_code, ours, random_weight, time_graph
 from engine.kernels import LoraExpand, LoraShrink, lora_expand, lora_shrink, lora_shrink_expand
 from engine.rope import RotaryEmbedding
@@ -92,7 +93,13 @@ def probe(m: int, sts: dict[str, list[tuple[torch.Tensor, ...]]]) -> dict[str, f
     fused.LORA_SILU_MUL_BLOCK = base_block
     rows["o shrink kernel"] = us(lambda i: lora_shrink(h, slots, sts["o"][i][0], sts["o"][i][3]))
     y = torch.randn(m, D, device="cuda", dtype=torch.float16)
-    rows["o shrink + expand in one pass"] = us(lambda i: lora_shrink_expand(h, slots, *sts["o"][i], y, (), RANK))
+    base_k = lora_triton.ONE_PASS_BLOCK_K
+    for block_k in (256, 512, 1024):
+        lora_triton.ONE_PASS_BLOCK_K = block_k
+        rows[f"o shrink + expand in one pass, K block {block_k}"] = us(
+            lambda i: lora_shrink_expand(h, slots, *sts["o"][i], y, (), RANK)
+        )
+    lora_triton.ONE_PASS_BLOCK_K = base_k
     for splits in (8, 14, 28):
         t = torch.randn(m, splits, MAX_RANK, device="cuda")
         rows[f"expand kernel, {splits} splits"] = us(lambda i, t=t: lora_expand(*expand("o", i, t)[:5], y))

@@ -23,7 +23,7 @@ SHRINK_BLOCK_K = 128
 MAX_SHRINK_SPLITS = 8
 MAX_SEGMENTS = 3
 EXPAND_BLOCK_N = 128
-ONE_PASS_BLOCK_K = 256
+ONE_PASS_BLOCK_K = 1024  # K per loop step: more of A's loads in flight per program (probe_lora_fusion)
 SHRINK_TILE = 32768  # A values a fused shrink holds per program
 
 
@@ -316,6 +316,6 @@ def lora_one_pass_triton(
         _lora_one_pass_kernel[(triton.cdiv(n, block_n), m)](
             x, slot_ids, a_stack, b_stack, scales, ranks, y, n, k, r, seg1, seg2, x.stride(0), y.stride(0),
             BLOCK_N=block_n, BLOCK_K=ONE_PASS_BLOCK_K, RB=bounded_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
-            num_warps=4,
+            num_warps=8 if ONE_PASS_BLOCK_K >= 512 else 4,
         )  # fmt: skip
     return y
