@@ -134,7 +134,7 @@ def lora_shrink_expand(
 ) -> torch.Tensor:
     """y += scale_s * (x @ A_s^T) @ B_s per row, s = slot_ids[row] (-1 adds nothing); returns y.
     `segments`: first columns of segments 1.. of a fused projection (see lora_reference.py); rank_bound as in
-    `lora_expand`."""
+    `lora_expand`. On CUDA one launch up to ONE_PASS_MAX_ROWS rows, else a shrink and an expand kernel."""
     check_lora_args(x, slot_ids, a_stack, b_stack, scales, ranks, y, segments)
     if _use_triton(y) and x.shape[0] <= ONE_PASS_MAX_ROWS:  # a decode batch: one launch
         from engine.kernels.lora_triton import lora_one_pass_triton

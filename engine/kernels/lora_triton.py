@@ -6,6 +6,7 @@ s = slot_ids[m], g = segment of column n (fused projections, see lora_reference.
 read nothing and add nothing; rank padding is masked, so it is never read. Both steps also fuse into the
 kernels next to a projection through `lora_delta_tile` and `lora_a_slice` + `lora_shrink_store`: the expand into the NF4
 matmul's epilogue (nf4_triton.py), RoPE and SiLU-mul, the shrink into RMSNorm and SiLU-mul (fused_ops_triton.py).
+one pass:  both steps in one launch for decode batches, each program repeating its row's shrink (lora_one_pass_triton).
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ SHRINK_TILE = 32768  # A values a fused shrink holds per program
 
 
 @triton.jit
+def segment_of(n_start, seg1, seg2, NUM_SEG: tl.constexpr):
+    """The segment of a fused projection's column n_start (segments 1 and 2 start at seg1 and seg2)."""
+    seg = 0
+    if NUM_SEG > 1:
+        seg += (n_start >= seg1).to(tl.int32)
+    if NUM_SEG > 2:
+        seg += (n_start >= seg2).to(tl.int32)
+    return seg
+
+
+@triton.jit
 def lora_delta_tile(
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
@@ -44,11 +56,7 @@ def lora_delta_tile(
     s = tl.where(active, slots, 0)
     rank = tl.load(rank_ptr + s, mask=active, other=0)  # [BM]
     scale = tl.load(scale_ptr + s, mask=active, other=0.0)  # [BM]
-    seg = 0
-    if NUM_SEG > 1:
-        seg += (n_start >= seg1).to(tl.int32)
-    if NUM_SEG > 2:
-        seg += (n_start >= seg2).to(tl.int32)
+    seg = segment_of(n_start, seg1, seg2, NUM_SEG)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_i = tl.arange(0, T_BLOCK)
@@ -161,11 +169,7 @@ def _lora_one_pass_kernel(
     s = tl.maximum(slot, 0).to(tl.int64)
     rank = tl.where(active, tl.load(rank_ptr + s), 0)
     scale = tl.where(active, tl.load(scale_ptr + s), 0.0)
-    seg = 0
-    if NUM_SEG > 1:
-        seg += (n_start >= seg1).to(tl.int32)
-    if NUM_SEG > 2:
-        seg += (n_start >= seg2).to(tl.int32)
+    seg = segment_of(n_start, seg1, seg2, NUM_SEG)
     offs_r = tl.arange(0, RB)
     r_mask = offs_r < rank
     offs_n = n_start + tl.arange(0, BLOCK_N)
