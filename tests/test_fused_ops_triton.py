@@ -124,13 +124,17 @@ def test_rope_kv_write_skips_a_position_past_the_table() -> None:
 
 def _token_lora(in_features: int, widths: list[int], dtype: torch.dtype, seed: int, max_rank: int = 32) -> TokenLora:
     """Rows on slots 1, none, 0, 1 of a stack whose slot 0 has rank 16 (at most max_rank) and slot 1 rank 5, both
-    padded to max_rank."""
+    padded to max_rank with noise where a stack holds zeros: the kernels must apply each slot's rank themselves."""
     gen = torch.Generator().manual_seed(seed)
     starts = [sum(widths[:i]) for i in range(len(widths))]
     stack = LoraStack(3, max_rank, in_features, list(zip(starts, widths, strict=True)), DEVICE, dtype)
     for slot, rank in ((0, min(16, max_rank)), (1, 5)):
         stack.write(slot, {g: (torch.randn(rank, in_features, generator=gen) / 8, torch.randn(w, rank, generator=gen),
                                0.5 + g) for g, w in enumerate(widths)})  # fmt: skip
+        for g in range(len(widths)):
+            pad = stack.a[slot, g * max_rank + rank : (g + 1) * max_rank]
+            pad.copy_(torch.randn(pad.shape, generator=gen))
+        stack.b[slot, rank:].copy_(torch.randn(stack.b[slot, rank:].shape, generator=gen))
     return TokenLora(stack, torch.tensor([1, -1, 0, 1], dtype=torch.int32, device=DEVICE))
 
 

@@ -49,7 +49,8 @@ def lora_delta_tile(
     (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. Rank by rank
     (BLOCK_R: the largest resident rank), one outer product each: every B row loads contiguous and nothing is
     reduced across threads. No branches, and t's T_SPLITS partial sums load as one tile, so all latencies
-    overlap (loaded one by one, partials cost ~0.3 us each on an H200)."""
+    overlap (loaded one by one, partials cost ~0.3 us each on an H200). Ranks past a row's own apply after the
+    loads, which therefore wait for the slot only, not for its rank (the producers write t up to BLOCK_R)."""
     m_mask = offs_m < M
     slots = tl.load(slot_ptr + offs_m, mask=m_mask, other=-1)  # [BM]
     active = slots >= 0
@@ -62,12 +63,13 @@ def lora_delta_tile(
     offs_i = tl.arange(0, T_BLOCK)
     t_rows = t_ptr + (offs_m[:, None] * T_SPLITS + offs_i[None, :]) * (NUM_SEG * R) + seg * R  # [BM, TB]
     b_rows = b_ptr + s[:, None] * (N * R) + offs_n[None, :]  # [BM, BN]
+    t_mask = m_mask[:, None] & (offs_i < T_SPLITS)[None, :]  # [BM, TB]
+    b_mask = active[:, None] & n_mask[None, :]  # [BM, BN]
     delta = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for r in tl.static_range(BLOCK_R):
-        r_ok = (r < rank)[:, None]  # [BM, 1]
-        t_r = tl.sum(tl.load(t_rows + r, mask=r_ok & (offs_i < T_SPLITS)[None, :], other=0.0), axis=1)  # [BM]
-        b_r = tl.load(b_rows + r * N, mask=r_ok & n_mask[None, :], other=0.0)  # [BM, BN]
-        delta += t_r[:, None] * b_r.to(tl.float32)
+        t_r = tl.sum(tl.load(t_rows + r, mask=t_mask, other=0.0), axis=1)  # [BM]
+        b_r = tl.load(b_rows + r * N, mask=b_mask, other=0.0)  # [BM, BN]
+        delta += tl.where(r < rank, t_r, 0.0)[:, None] * b_r.to(tl.float32)
     return delta * scale[:, None]
 
 
@@ -84,9 +86,10 @@ def lora_a_slice(
     rank = tl.where(slot >= 0, tl.load(rank_ptr + s), 0)
     offs = tl.arange(0, SEG_P2 * RB)
     g, r = offs // RB, offs % RB
-    mask = (g < NUM_SEG) & (r < rank)
+    mask = (g < NUM_SEG) & (r < SEG_R) & (slot >= 0)  # not the rank: the load waits for the slot only
     a_rows = a_ptr + s.to(tl.int64) * (NUM_SEG * SEG_R * K) + (g * SEG_R + r) * K
-    return tl.load(a_rows[:, None] + offs_k[None, :], mask=mask[:, None] & k_mask[None, :], other=0.0)
+    a = tl.load(a_rows[:, None] + offs_k[None, :], mask=mask[:, None] & k_mask[None, :], other=0.0)
+    return tl.where((r < rank)[:, None], a, 0.0)
 
 
 @triton.jit
@@ -171,20 +174,20 @@ def _lora_one_pass_kernel(
     scale = tl.where(active, tl.load(scale_ptr + s), 0.0)
     seg = segment_of(n_start, seg1, seg2, NUM_SEG)
     offs_r = tl.arange(0, RB)
-    r_mask = offs_r < rank
+    in_stack = active & (offs_r < R)[:, None]  # [RB, 1]: the rank applies after the loads (see lora_delta_tile)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    b = tl.load(b_ptr + s * (R * N) + offs_r[:, None] * N + offs_n[None, :], mask=r_mask[:, None] & n_mask[None, :],
+    b = tl.load(b_ptr + s * (R * N) + offs_r[:, None] * N + offs_n[None, :], mask=in_stack & n_mask[None, :],
                 other=0.0)  # [RB, BN]: first, its latency overlaps the shrink  # fmt: skip
     a_rows = a_ptr + s * (NUM_SEG * R * K) + (seg * R + offs_r)[:, None] * K  # [RB, 1]
-    acc = tl.zeros((RB, BLOCK_K), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    t = tl.zeros((RB,), tl.float32)
+    for k0 in range(0, K, BLOCK_K):  # a few wide steps, each reduced at once: registers for the A tile only
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         xk = tl.load(x_ptr + row * stride_xm + offs_k, mask=k_mask, other=0.0)  # [BK]
-        a = tl.load(a_rows + offs_k[None, :], mask=r_mask[:, None] & k_mask[None, :], other=0.0)  # [RB, BK]
-        acc += a.to(tl.float32) * xk.to(tl.float32)[None, :]
-    t = tl.sum(acc, axis=1)  # [RB]
+        a = tl.load(a_rows + offs_k[None, :], mask=in_stack & k_mask[None, :], other=0.0)  # [RB, BK]
+        t += tl.sum(a.to(tl.float32) * xk.to(tl.float32)[None, :], axis=1)
+    t = tl.where(offs_r < rank, t, 0.0)  # [RB]
     delta = tl.sum(t[:, None] * b.to(tl.float32), axis=0) * scale  # [BN]
     mask = n_mask & active
     y_ptrs = y_ptr + row * stride_ym + offs_n
