@@ -94,7 +94,7 @@ def probe(m: int, sts: dict[str, list[tuple[torch.Tensor, ...]]]) -> dict[str, f
     rows["o shrink kernel"] = us(lambda i: lora_shrink(h, slots, sts["o"][i][0], sts["o"][i][3]))
     y = torch.randn(m, D, device="cuda", dtype=torch.float16)
     base_k = lora_triton.ONE_PASS_BLOCK_K
-    for block_k in (512, 1024, 2048):
+    for block_k in (1024, 2048):
         lora_triton.ONE_PASS_BLOCK_K = block_k
         rows[f"o shrink + expand in one pass, K block {block_k}"] = us(
             lambda i: lora_shrink_expand(h, slots, *sts["o"][i], y, (), RANK)
