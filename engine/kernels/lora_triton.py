@@ -3,7 +3,9 @@
 shrink: t[m, split, :] = x[m, k-slice] @ A_s[:, k-slice]^T             (fp32 partial sums, one per K split)
 expand: y[m, n]       += scale_s * (sum_split t[m, split, g*R : g*R + rank_s]) . B_s[:rank_s, n]
 s = slot_ids[m], g = segment of column n (fused projections, see lora_reference.py). Rows with slot -1
-read nothing and add nothing; rank padding is masked, so it is never read. Both steps also fuse into the
+read nothing and add nothing; padding past the largest resident rank (the rank bound) is never read. Below the
+bound, the shrink kernel and the expands mask their loads by each row's rank; the fused shrink (`lora_a_slice`) and
+the one pass load up to the bound and zero the ranks past the row's own afterwards. Both steps also fuse into the
 kernels next to a projection through `lora_delta_tile` and `lora_a_slice` + `lora_shrink_store`: the expand into the NF4
 matmul's epilogue (nf4_triton.py), RoPE and SiLU-mul, the shrink into RMSNorm and SiLU-mul (fused_ops_triton.py).
 one pass:  both steps in one launch for decode batches, each program repeating its row's shrink (lora_one_pass_triton).
