@@ -325,6 +325,6 @@ def lora_one_pass_triton(
         _lora_one_pass_kernel[(triton.cdiv(n, block_n), m)](
             x, slot_ids, a_stack, b_stack, scales, ranks, y, n, k, r, seg1, seg2, x.stride(0), y.stride(0),
             BLOCK_N=block_n, BLOCK_K=ONE_PASS_BLOCK_K, RB=bounded_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
-            num_warps=8 if ONE_PASS_BLOCK_K >= 512 else 4,
+            num_warps=8,
         )  # fmt: skip
     return y
