@@ -65,7 +65,13 @@ DOT_TILES = list(
         ]
     )
 )  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
-FMA_TILES = [(bn, bk, w, 2) for bn in (4, 8, 16, 32) for bk in (256, 512) for w in (1, 2, 4)]  # M = 1 only
+FMA_TILES = [
+    (bn, bk, w, 1)
+    for bn in (32, 64, 128, 256)
+    for bk in (128, 256, 512, 1024)
+    for w in (2, 4, 8)
+    if bn * bk <= 16384 * w
+]  # M = 1 only: (block_n, block_k, warps, stages), at most 64 packed words per thread
 LOOKUPS = (3, 4)  # byte-pair table, register table (swapped); --check covers lookups 0 and 1 too
 SPLITS = (1, 2, 4, 8)
 DEVICE = torch.device("cuda")
@@ -217,7 +223,7 @@ def run_checks() -> list[dict]:
         print(f"check {what:28s} {shape:8s} M={m:<3d} rel_err={err:.2e} {'ok' if ok else 'FAIL'} {extra}", flush=True)
 
     extra_configs = [Nf4Config(block_m=1, block_n=16, block_k=256, split_k=4, use_dot=False, lookup=lookup)
-                     for lookup in (0, 1, 3)]  # fmt: skip
+                     for lookup in (0, 4)]  # fmt: skip
     extra_configs += [Nf4Config(block_n=64, block_k=128, split_k=8, lookup=3), Nf4Config(block_n=128, lookup=0)]
     extra_configs += [Nf4Config(block_n=bn, block_k=64, split_k=4, lookup=4, swap_ab=True) for bn in (16, 64)]
     for name, (n, k) in SHAPES.items():
@@ -306,7 +312,9 @@ def sweep_configs(m: int, n: int, k: int, lookups: tuple[int, ...]) -> list[Nf4C
         tiles += [(1, *t, False, False) for t in FMA_TILES]
     for block_m, block_n, block_k, warps, stages, use_dot, swap in tiles:
         for lookup in lookups:
-            if lookup == 4 and not (swap and (block_k == 64 or block_n <= 64)):
+            if not use_dot and lookup != 4:
+                continue  # the one-row path reads the register table
+            if lookup == 4 and use_dot and not (swap and (block_k == 64 or block_n <= 64)):
                 continue  # the register table runs swapped; several absmax blocks a step up to 64 rows
             if lookup != 4 and swap and (block_n < 64 or stages >= 3):
                 continue  # the small and 3+-stage swapped tiles were added for the register table

@@ -66,6 +66,14 @@ def test_picked_config_tiles_k_exactly(n: int, k: int, m: int) -> None:
     assert k % (cfg.split_k * cfg.block_k) == 0
     assert cfg.block_k % 64 == 0
     assert not cfg.use_dot or cfg.block_m >= 16
+    assert cfg.use_dot == (m > 1), "one row runs the word tile, more rows the tensor-core tiles"
+
+
+@pytest.mark.parametrize("blocksize", [32, 64, 128, 256])
+def test_one_row_config_steps_whole_absmax_blocks(blocksize: int) -> None:
+    for k in (blocksize, 3 * blocksize, 4096):
+        cfg = pick_config(1, 80, k, blocksize=blocksize, num_sms=4)
+        assert not cfg.use_dot and cfg.block_k % blocksize == 0 and k % (cfg.split_k * cfg.block_k) == 0
 
 
 def test_tuned_table_covers_the_8b_shapes_and_tiles_their_k() -> None:
@@ -88,3 +96,5 @@ def test_m_bucket_and_config_validation() -> None:
         Nf4Config(lookup=2)
     with pytest.raises(ValueError, match="swapped"):
         Nf4Config(lookup=4)
+    with pytest.raises(ValueError, match="one-row path"):
+        Nf4Config(block_m=1, use_dot=False, lookup=3)

@@ -8,7 +8,17 @@ import struct
 
 import pytest
 
-from engine.kernels.nf4_lut import WORD_OPERANDS, lut_asm, program, register_words, run_program, table_words
+from engine.kernels.nf4_lut import (
+    DOT_WORD_OPERANDS,
+    WORD_OPERANDS,
+    dot_asm,
+    dot_program,
+    lut_asm,
+    program,
+    register_words,
+    run_program,
+    table_words,
+)
 
 NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
        -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
@@ -34,8 +44,45 @@ def test_every_byte_in_every_position_gives_both_nibbles_fp16(code: tuple[float,
         for byte in range(256):
             packed = bytearray(rng.randrange(256) for _ in range(4))
             packed[position] = byte
-            got = run_program(instructions, int.from_bytes(packed, "little"), words)
-            assert got == _expected(bytes(packed), code), (position, byte)
+            regs = run_program(
+                instructions, {"$4": int.from_bytes(packed, "little"), **dict(zip(WORD_OPERANDS, words, strict=True))}
+            )
+            assert tuple(regs[f"${i}"] for i in range(4)) == _expected(bytes(packed), code), (position, byte)
+
+
+def _half(value: float) -> float:
+    return struct.unpack("<e", struct.pack("<e", value))[0]
+
+
+def _word_dot(instructions, packed: bytes, x: list[float], words: list[int]) -> float:
+    """dot_program on one packed word and x's 8 values (fp16), run on the model."""
+    pairs = [_fp16_bits(x[2 * b]) | _fp16_bits(x[2 * b + 1]) << 16 for b in range(4)]
+    inputs = {"$1": int.from_bytes(packed, "little"), **{f"${2 + b}": p for b, p in enumerate(pairs)}}
+    regs = run_program(instructions, {**inputs, **dict(zip(DOT_WORD_OPERANDS, words, strict=True))})
+    return struct.unpack("<f", struct.pack("<I", regs["$0"]))[0]
+
+
+@pytest.mark.parametrize("code", [NF4, tuple(float(i - 8) / 8 for i in range(16))], ids=["nf4", "linear"])
+def test_dot_program_multiplies_each_weight_with_its_own_x(code: tuple[float, ...]) -> None:
+    rng = random.Random(1)
+    instructions, words = dot_program(code), register_words(code)
+    for position in range(4):
+        for byte in range(256):
+            packed = bytearray(rng.randrange(256) for _ in range(4))
+            packed[position] = byte
+            x = [_half(rng.uniform(-4, 4)) for _ in range(8)]
+            weights = [code[b >> 4 if i % 2 == 0 else b & 0xF] for b in packed for i in range(2)]  # k = 2j: high
+            exact = sum(w * v for w, v in zip(weights, x, strict=True))
+            scale = sum(abs(_half(w) * v) for w, v in zip(weights, x, strict=True))
+            got = _word_dot(instructions, bytes(packed), x, words)
+            assert abs(got - exact) <= 4 * 2**-11 * scale + 1e-6, (position, byte)
+
+
+def test_dot_program_sums_the_pairs_in_fp16() -> None:
+    """Each half of the packed sum rounds to fp16: 2048 + 1 + 1 + 1 + 1 in one half gives 2048, not 2052."""
+    packed = bytes([0xFF, 0xFF, 0xFF, 0xFF])  # every nibble is code[15] = 1.0
+    x = [2048.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert _word_dot(dot_program(NF4), packed, x, register_words(NF4)) == 2048.0
 
 
 def test_table_words_hold_the_low_and_high_bytes_of_each_entry() -> None:
@@ -46,11 +93,20 @@ def test_table_words_hold_the_low_and_high_bytes_of_each_entry() -> None:
         assert (high[i // 4] >> (8 * (i % 4))) & 0xFF == bits >> 8
 
 
-def test_ptx_declares_every_register_it_uses() -> None:
-    asm = lut_asm(NF4)
-    declared = set(re.search(r"\.reg \.b32 ([^;]+);", asm).group(1).replace(" ", "").split(","))
-    statements = [st.strip() for st in asm.strip("{} ").split(";")[1:] if st.strip()]
-    operands = {op.strip() for st in statements for op in st.split(None, 1)[1].split(",")}
-    registers = {op for op in operands if not op[0].isdigit()}
-    assert registers - declared == {"$0", "$1", "$2", "$3", "$4", *WORD_OPERANDS}
-    assert len(statements) == len(program(NF4))
+@pytest.mark.parametrize(
+    ("asm", "instructions", "operands"),
+    [
+        (lut_asm(NF4), program(NF4), {"$0", "$1", "$2", "$3", "$4", *WORD_OPERANDS}),
+        (dot_asm(NF4), dot_program(NF4), {"$0", "$1", "$2", "$3", "$4", "$5", *DOT_WORD_OPERANDS}),
+    ],
+    ids=["lookup", "dot"],
+)
+def test_ptx_declares_every_register_it_uses(asm: str, instructions: list, operands: set[str]) -> None:
+    declared = {
+        name for group in re.findall(r"\.reg \.\w+ ([^;]+);", asm) for name in group.replace(" ", "").split(",")
+    }
+    statements = [st.strip() for st in asm.strip("{} ").split(";") if st.strip() and not st.strip().startswith(".reg")]
+    fields = [op.strip() for st in statements for op in st.split(None, 1)[1].split(",")]
+    registers = {f.strip("{} ") for f in fields if not f[0].isdigit()}
+    assert registers - declared == operands
+    assert len(statements) == len(instructions)

@@ -42,14 +42,15 @@ CONFIGS = [
     Nf4Config(block_m=64, block_n=32, block_k=64, split_k=2, swap_ab=True, lookup=4, num_warps=2),
     Nf4Config(block_n=32, block_k=128, split_k=2, swap_ab=True, lookup=4, num_warps=2),  # 2 absmax blocks a step
     Nf4Config(block_n=16, block_k=256, swap_ab=True, lookup=4, num_warps=2),
-    Nf4Config(block_m=1, block_n=16, block_k=128, split_k=2, use_dot=False),
-    Nf4Config(block_m=1, block_n=8, block_k=64, use_dot=False, split_k=4),
+    Nf4Config(block_m=1, block_n=16, block_k=128, split_k=2, use_dot=False, lookup=4),
+    Nf4Config(block_m=1, block_n=8, block_k=64, use_dot=False, split_k=4, lookup=4),
+    Nf4Config(block_m=1, block_n=32, block_k=256, use_dot=False, lookup=4, num_warps=2),
 ]
 
 
-def _weight(n: int, k: int, seed: int) -> tuple[torch.Tensor, ...]:
+def _weight(n: int, k: int, seed: int, blocksize: int = 64) -> tuple[torch.Tensor, ...]:
     weight = torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
-    qweight, state = quantize_4bit(weight, quant_type="nf4", blocksize=64, compress_statistics=False)
+    qweight, state = quantize_4bit(weight, quant_type="nf4", blocksize=blocksize, compress_statistics=False)
     reference = dequantize_4bit(qweight, state)
     return qweight.to(DEVICE), state.absmax.to(DEVICE), state.code.to(DEVICE), reference.to(DEVICE)
 
@@ -73,6 +74,16 @@ def test_matmul_matches_fp32_reference(cfg: Nf4Config, m: int) -> None:
     assert _rel(got, x.float() @ reference.float().t()) < 1e-3  # fp16 output rounding is ~3e-4
     if cfg.split_k > 1:
         assert int(_tickets[x.device].abs().sum()) == 0, "split-K tickets must be reset for the next call"
+
+
+@pytest.mark.parametrize("blocksize", [32, 128])
+@pytest.mark.parametrize("m", [1, 2])
+def test_matmul_with_other_absmax_blocks_matches_reference(blocksize: int, m: int) -> None:
+    n, k = 48, 384
+    qweight, absmax, code, reference = _weight(n, k, seed=5, blocksize=blocksize)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(6)).to(torch.float16).to(DEVICE)
+    got = nf4_matmul_triton(x, qweight, absmax, code, n, k, blocksize=blocksize)
+    assert _rel(got, x.float() @ reference.float().t()) < 1e-3
 
 
 def test_lora_shrink_expand_and_fused_epilogue_match_reference() -> None:

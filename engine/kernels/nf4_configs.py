@@ -12,7 +12,7 @@ MAX_SMALL_M = 16
 
 @dataclass(frozen=True)
 class Nf4Config:
-    """One launch shape. `use_dot` multiplies on tensor cores (block_m >= 16); otherwise FMAs, one row."""
+    """One launch shape. `use_dot` multiplies on tensor cores (block_m >= 16); otherwise FMAs, one row per program."""
 
     block_m: int = 16
     block_n: int = 32
@@ -31,8 +31,8 @@ class Nf4Config:
                 raise ValueError(f"{name}: must be a power of two, got {value}")
         if self.lookup not in (0, 1, 3, 4):
             raise ValueError(f"lookup: must be 0, 1, 3 or 4, got {self.lookup}")
-        if self.lookup == 4 and not self.swap_ab:
-            raise ValueError("lookup: the register table (4) runs on the swapped tensor-core path only")
+        if self.lookup == 4 and self.use_dot and not self.swap_ab:
+            raise ValueError("lookup: on tensor cores the register table (4) runs on the swapped path only")
         if self.split_k < 1 or self.num_stages < 1:
             raise ValueError(f"split_k and num_stages: must be >= 1, got {self.split_k}, {self.num_stages}")
         if self.use_dot and (self.block_m < 16 or self.block_n < 16 or self.block_k < 64):
@@ -41,6 +41,8 @@ class Nf4Config:
             raise ValueError("swap_ab: only the tensor-core path (use_dot) swaps its operands")
         if not self.use_dot and self.block_m != 1:
             raise ValueError(f"use_dot: the FMA path computes one row per program (block_m 1), got {self.block_m}")
+        if not self.use_dot and self.lookup not in (0, 4):
+            raise ValueError(f"lookup: the one-row path reads the register table (4) or gathers (0), got {self.lookup}")
 
 
 def m_bucket(m: int) -> int:
@@ -61,29 +63,43 @@ def _pair_table_dot(block_k: int) -> Nf4Config:
     return Nf4Config(16, 64, block_k, 1, use_dot=True, num_warps=4, num_stages=1, lookup=3, swap_ab=True)
 
 
-# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` (docs/KERNELS.md, run 7 on an H200,
-# M = 1): the swapped register-table tile pads the batch to 16 columns, so its time does not depend on M and
-# M = 1..16 share it (run 4 swept M = 8 too: same winners). Llama-3-8B: fused qkv, o, fused gate_up, down.
+def _words(split_k: int, block_n: int = 128, block_k: int = 512, num_warps: int = 4) -> Nf4Config:
+    """The one-row tile (lookup 4): packed int32 words times x on packed fp16 units, one absmax block per 64 k."""
+    return Nf4Config(1, block_n, block_k, split_k, use_dot=False, num_warps=num_warps, num_stages=1, lookup=4)
+
+
+# (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` (docs/KERNELS.md, on an H200).
+# M = 1: the one-row word tile (run 9). M = 2..16: the swapped register-table tile (run 7), which pads the batch to
+# 16 columns, so its time does not depend on M (run 4 swept M = 8 too: same winners). Llama-3-8B: fused qkv, o,
+# fused gate_up, down.
 TUNED_BLOCKSIZE = 64  # the absmax block size the table was measured with (bitsandbytes' default)
 TUNED: dict[tuple[int, int, int], Nf4Config] = {
-    **{(6144, 4096, m): _lut(8, block_k=128) for m in (1, 2, 4, 8, 16)},
-    **{(4096, 4096, m): _lut(8, block_k=256, num_stages=2) for m in (1, 2, 4, 8, 16)},
-    **{(28672, 4096, m): _lut(4, block_n=64) for m in (1, 2, 4, 8, 16)},
-    **{(4096, 14336, m): _lut(8, block_k=128) for m in (1, 2, 4, 8, 16)},
+    (6144, 4096, 1): _words(8),
+    (4096, 4096, 1): _words(8),
+    (28672, 4096, 1): _words(4),
+    (4096, 14336, 1): _words(4, block_n=32, num_warps=2),
+    **{(6144, 4096, m): _lut(8, block_k=128) for m in (2, 4, 8, 16)},
+    **{(4096, 4096, m): _lut(8, block_k=256, num_stages=2) for m in (2, 4, 8, 16)},
+    **{(28672, 4096, m): _lut(4, block_n=64) for m in (2, 4, 8, 16)},
+    **{(4096, 14336, m): _lut(8, block_k=128) for m in (2, 4, 8, 16)},
 }
 
 
 def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int) -> Nf4Config:
-    """The tuned config for this shape when there is one, else the register-table tile (or, for absmax
-    blocks other than 64, the byte-pair-table tile) with a split-K that fills the GPU, or a plain tiled
-    GEMM for large M."""
+    """The tuned config for this shape when there is one; else, for one row, the word tile; for up to 16 rows the
+    register-table tile (or, for absmax blocks other than 64, the byte-pair-table tile); each with a split-K that
+    fills the GPU. Larger M: a plain tiled GEMM."""
     tuned = TUNED.get((n, k, m_bucket(m)))
     if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and blocksize == TUNED_BLOCKSIZE:
         return tuned
     if m > MAX_SMALL_M:
         block_k = max(blocksize, 256 if k % 256 == 0 else blocksize)
         return Nf4Config(block_m=64, block_n=64, block_k=block_k, num_warps=8)
-    base = _lut(1) if blocksize == 64 else _pair_table_dot(max(64, blocksize))
+    if m == 1:
+        block_k = next(bk for bk in (512, 256, 128, 64, blocksize) if bk % blocksize == 0 and k % bk == 0)
+        base = _words(1, block_k=block_k)
+    else:
+        base = _lut(1) if blocksize == 64 else _pair_table_dot(max(64, blocksize))
     n_tiles = -(-n // base.block_n)
     split_k = 1
     while n_tiles * split_k < 2 * num_sms and k % (2 * split_k * base.block_k) == 0 and split_k < 8:

@@ -1,12 +1,16 @@
 """Triton NF4 matmul for small M (decode), reading bitsandbytes' packed layout directly.
 
 Each program owns a [BLOCK_M, BLOCK_N] output tile and a slice of K (split-K). Per K step it loads the
-packed bytes of BLOCK_K / 64 absmax blocks of BLOCK_N rows once. The default lookup (4) turns each block's
-bytes into fp16 codes with the register table of nf4_lut.py and multiplies them on tensor cores, the weight
-tile as the first operand (swap_ab), one dot per block scaled by its absmax in fp32. The other lookups read
-the 16-entry table from memory (L1-resident) into a [BLOCK_N, blocks, 32] tile, keep even and odd k apart and
-multiply them with the even and odd columns of x: on tensor cores or, for one row, with FMAs in the tile's
-own layout. Split-K partials go to a workspace; the last program to finish a tile (an atomic ticket per
+packed bytes of BLOCK_K / GROUP absmax blocks of BLOCK_N rows once.
+- One row (use_dot False): the bytes as int32 words of 8 weights. Lookup 4 turns each word into codes with the
+  register table of nf4_lut.py and multiplies them with x on packed fp16 units in the same call
+  (nf4_lut.dot_program); partial sums stay in the words' layout, scaled by their absmax in fp32.
+- More rows (use_dot): lookup 4 turns each block's bytes into fp16 codes with the register table and multiplies
+  them on tensor cores, the weight tile as the first operand (swap_ab), one dot per block scaled by its absmax in
+  fp32. Lookups 1 and 3 read the 16-entry table from memory (L1-resident) into a [BLOCK_N, blocks, 32] tile and
+  keep even and odd k apart, multiplied with the even and odd columns of x.
+Lookup 0 is the interpreter's: plain gathers where the GPU runs inline PTX.
+Split-K partials go to a workspace; the last program to finish a tile (an atomic ticket per
 tile, reset by that program) sums them in a fixed order, so results are deterministic.
 No host syncs and fixed-size allocations only: CUDA-graph capturable once the ticket buffer exists
 (call once before capture, as any warm-up does).
@@ -25,7 +29,7 @@ import triton.language as tl
 from engine.kernels.lora_triton import expand_args, lora_delta_tile
 from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config, pick_config
-from engine.kernels.nf4_lut import CONSTRAINTS, lut_asm, register_words
+from engine.kernels.nf4_lut import CONSTRAINTS, DOT_CONSTRAINTS, dot_asm, lut_asm, register_words
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter cannot run inline PTX
 TICKETS = 1 << 16
@@ -36,6 +40,8 @@ T = TypeVar("T")
 
 
 _NIBBLE_LOOKUP = tl.constexpr("{ .reg .b64 a; mad.wide.u32 a, $1, 4, $2; ld.global.nc.f32 $0, [a]; }")
+_DOT_CONSTRAINTS = tl.constexpr(DOT_CONSTRAINTS)
+_LOAD_F32 = tl.constexpr("ld.global.nc.f32 $0, [$1];")
 _BYTE_LOOKUP = tl.constexpr("{ .reg .b64 a; mad.wide.u32 a, $2, 8, $3; ld.global.nc.v2.f32 {$0, $1}, [a]; }")
 
 
@@ -78,6 +84,43 @@ def _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G: tl.constexpr, HALF:
 
 
 @triton.jit
+def _load_like(ptrs, LOOKUP: tl.constexpr):
+    """fp32 values at `ptrs` in the layout of the tensor they are combined with: a tl.load gets a layout of its
+    own (set by its addresses' contiguity) and a conversion to the consumer's through shared memory. An inline
+    PTX load is elementwise, and equal addresses in one thread are read once (the calls are pure). LOOKUP 0 (the
+    interpreter, which cannot run inline PTX) uses tl.load."""
+    if LOOKUP == 0:
+        return tl.load(ptrs)
+    else:
+        return tl.inline_asm_elementwise(_LOAD_F32, "=r,l", [ptrs.to(tl.int64, bitcast=True)], dtype=tl.float32,
+                                         is_pure=True, pack=1)  # fmt: skip
+
+
+@triton.jit
+def _byte_dot(code_ptr, packed, x_pair, BYTE: tl.constexpr):
+    """fp32 code[high] * x[2j] + code[low] * x[2j + 1] of byte BYTE of each packed word, by gathers from the fp32
+    code table: the interpreter's stand-in for dot_program."""
+    even = tl.load(code_ptr + ((packed >> (8 * BYTE + 4)) & 0xF))
+    odd = tl.load(code_ptr + ((packed >> (8 * BYTE)) & 0xF))
+    x_even = (x_pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    x_odd = (x_pair >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return even * x_even + odd * x_odd
+
+
+@triton.jit
+def _word_dot(code_ptr, packed, x0, x1, x2, x3, w0, w1, w2, w3, LOOKUP: tl.constexpr, DOT_ASM: tl.constexpr):
+    """fp32 dot product of the 8 weights of each packed int32 word with x (x0..x3: x's fp16 pairs of the word's
+    bytes as int32): nf4_lut.dot_program on the GPU (LOOKUP 4, w0..w3 the table's register words), gathers
+    from the code table in the interpreter (LOOKUP 0)."""
+    if LOOKUP == 4:
+        return tl.inline_asm_elementwise(DOT_ASM, _DOT_CONSTRAINTS, [packed, x0, x1, x2, x3, w0, w1, w2, w3],
+                                         dtype=tl.float32, is_pure=True, pack=1)  # fmt: skip
+    else:
+        return (_byte_dot(code_ptr, packed, x0, 0) + _byte_dot(code_ptr, packed, x1, 1)
+                + _byte_dot(code_ptr, packed, x2, 2) + _byte_dot(code_ptr, packed, x3, 3))  # fmt: skip
+
+
+@triton.jit
 def _lut_block(q_ptr, absmax_ptr, rows, g, K, w0, w1, w2, w3, GROUP: tl.constexpr, LUT_ASM: tl.constexpr,
                LUT_CONSTRAINTS: tl.constexpr):  # fmt: skip
     """fp16 NF4 codes of absmax block g of `rows`, [BLOCK_N, GROUP] in k order (not scaled), and the
@@ -99,7 +142,7 @@ def _lut_block(q_ptr, absmax_ptr, rows, g, K, w0, w1, w2, w3, GROUP: tl.constexp
 def _nf4_matmul_kernel(
     x_ptr, q_ptr, absmax_ptr, code_ptr, y_ptr, ws_ptr, ticket_ptr,
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr,
-    M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, seg1, seg2,
+    M, N, K, k_words, stride_xm, stride_ym, k_per_split, split_k, lora_r, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
     NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, LOOKUP: tl.constexpr,
@@ -140,17 +183,25 @@ def _nf4_matmul_kernel(
                 # swapped, the weight tile stays the first operand: [BN, BK] @ [BK, BM]
                 acc = tl.dot(w, tl.trans(xt), acc) if SWAP_AB else tl.dot(xt, tl.trans(w), acc)
         out = tl.trans(acc) if SWAP_AB else acc
-    else:  # one row (BLOCK_M == 1), FMAs in the weights' own layout: no layout conversion of the tile
-        acc = tl.zeros((BLOCK_N, G, 1), tl.float32)
-        offs_j = tl.arange(0, HALF)
+    else:  # one row (BLOCK_M == 1), FMAs in the layout of the packed int32 words (8 weights each)
+        WORDS: tl.constexpr = GROUP // 8
+        acc = tl.zeros((BLOCK_N, WORDS), tl.float32)
+        offs_w = tl.arange(0, G)[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [G, WORDS]
+        same = tl.zeros([G, WORDS], tl.int32)
+        w0, w1 = tl.load(code_ptr + same), tl.load(code_ptr + 1 + same)  # the register table's words (LOOKUP 4)
+        w2, w3 = tl.load(code_ptr + 2 + same), tl.load(code_ptr + 3 + same)
         for g0 in range(g_begin, g_end, G):
-            even, odd, scale = _group_tile(q_ptr, absmax_ptr, code_ptr, rows, g0, K, G, HALF, LOOKUP)
-            x_ptrs = x_ptr + pid_m * stride_xm + (g0 + tl.arange(0, G))[:, None] * GROUP + 2 * offs_j[None, :]
-            x_even = tl.load(x_ptrs).to(tl.float32)  # [G, HALF]
-            x_odd = tl.load(x_ptrs + 1).to(tl.float32)
-            block_sums = tl.sum(even * x_even[None, :, :] + odd * x_odd[None, :, :], axis=2, keep_dims=True)
-            acc += block_sums * scale  # [BN, G, 1]
-        out = tl.sum(tl.sum(acc, axis=2), axis=1)[None, :]  # [1, BN]
+            words = g0 * WORDS + offs_w
+            packed = tl.load(q_ptr + rows[:, None, None] * k_words + words[None, :, :])  # [BN, G, WORDS] int32
+            scale_ptrs = absmax_ptr + rows[:, None, None] * (K // GROUP) + (g0 + tl.arange(0, G))[None, :, None]
+            scale = _load_like(tl.broadcast_to(scale_ptrs, packed.shape), LOOKUP)  # [BN, G, WORDS], one read per block
+            # x as int32 words, each the fp16 pair (k = 2j, 2j + 1) of packed byte j; byte b of each word: [G, WORDS]
+            x_pairs = x_ptr + pid_m * stride_xm + words * 4
+            x0, x1, x2, x3 = tl.load(x_pairs), tl.load(x_pairs + 1), tl.load(x_pairs + 2), tl.load(x_pairs + 3)
+            part = _word_dot(code_ptr, packed, x0[None], x1[None], x2[None], x3[None], w0[None], w1[None], w2[None],
+                             w3[None], LOOKUP, LUT_ASM)  # fmt: skip
+            acc += tl.sum(part * scale, axis=1)  # [BN, WORDS]: a step's absmax blocks lie in one thread
+        out = tl.sum(acc, axis=1)[None, :]  # [1, BN]
     if IS_SPLIT:
         tile = pid_m * tl.num_programs(0) + pid_n
         tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
@@ -280,10 +331,15 @@ def nf4_matmul_triton(
     lora_args, lora_consts = expand_args(lora, y, cfg.block_n)
     lookup = 0 if INTERPRETED else cfg.lookup
     table = byte_pair_table(code) if lookup == 3 else lut_words(code) if lookup == 4 else code
-    asm = lut_asm(code_values(code)) if lookup == 4 else ""
+    asm = "" if lookup != 4 else lut_asm(code_values(code)) if cfg.use_dot else dot_asm(code_values(code))
+    stride_xm = x.stride(0)
+    if not cfg.use_dot:  # the one-row path reads the weight as int32 words and x as int32 fp16 pairs
+        if x.stride(0) % 2 or x.storage_offset() % 2:
+            x = x.clone(memory_format=torch.contiguous_format)
+        qweight, x, stride_xm = qweight.reshape(-1).view(torch.int32), x.view(torch.int32), x.stride(0) // 2
     _nf4_matmul_kernel[grid](
         x, qweight, absmax, table, y, ws, tickets, *lora_args[:5],
-        m, n, k, x.stride(0), y.stride(0), k // cfg.split_k, cfg.split_k, *lora_args[5:],
+        m, n, k, k // 8, stride_xm, y.stride(0), k // cfg.split_k, cfg.split_k, *lora_args[5:],
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=blocksize,
         IS_SPLIT=is_split, USE_DOT=cfg.use_dot, **lora_consts, LOOKUP=lookup, SWAP_AB=cfg.swap_ab,
         LUT_ASM=asm, LUT_CONSTRAINTS=CONSTRAINTS,
