@@ -14,7 +14,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 case $stage in
 engine)
-  timeout 120 python -m pytest tests/test_kernels_triton.py tests/test_fused_ops_triton.py tests/test_job_stream.py \
+  timeout 240 python -m pytest tests/test_kernels_triton.py tests/test_fused_ops_triton.py tests/test_job_stream.py \
     tests/test_decode_attention_triton.py tests/test_sdxl_graphed_unet.py tests/test_engine_parking.py \
     -q -p no:cacheprovider 2>&1 | tail -5
   timeout 300 python -m bench.bench_engine --out "$out/engine.json" 2>&1 | grep -v "Loading weights" | tee "$out/engine.log" | tail -22

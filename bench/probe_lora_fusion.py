@@ -53,6 +53,7 @@ def probe(m: int, sts: dict[str, list[tuple[torch.Tensor, ...]]]) -> dict[str, f
     table = RotaryEmbedding(HEAD_DIM, 4096, 500000.0, None, "cuda", torch.float16)
     caches = [torch.zeros(8, KV_HEADS, 4096, HEAD_DIM, device="cuda", dtype=torch.float16) for _ in "kv"]
     down_w = [random_weight(*SHAPES["down"], nf4_code()) for _ in range(COPIES)]
+    o_w = [random_weight(*SHAPES["o"], nf4_code()) for _ in range(COPIES)]
     w = torch.randn(D, device="cuda", dtype=torch.float16)
     slots = torch.arange(m, dtype=torch.int32, device="cuda")
     h, delta = torch.randn(m, D, device="cuda", dtype=torch.float16), torch.randn(m, D, device="cuda").half()
@@ -107,6 +108,9 @@ def probe(m: int, sts: dict[str, list[tuple[torch.Tensor, ...]]]) -> dict[str, f
             lambda i, t=t: ours(act, down_w[i], lora=expand("down", i, t))
         )
     rows["down nf4"] = us(lambda i: ours(act, down_w[i]))
+    t_o = lora_shrink(h, slots, sts["o"][0][0], sts["o"][0][3])
+    rows["o nf4"] = us(lambda i: ours(h, o_w[i]))
+    rows[f"o nf4 + epilogue expand, {t_o.shape[1]} splits"] = us(lambda i: ours(h, o_w[i], lora=expand("o", i, t_o)))
     return rows
 
 

@@ -1,8 +1,9 @@
 """Compact Llama model: RMSNorm, RoPE, GQA attention over a slot KV cache, SwiGLU MLP.
 
 Decode with a different adapter per row fuses LoRA into the ops around the projections: each RMSNorm makes the
-shrink of the next qkv or gate_up, RoPE and SiLU-mul add their expands, and SiLU-mul makes down's shrink.
-Only o's shrink and expand and down's expand run as LoRA kernels of their own."""
+shrink of the next qkv or gate_up, RoPE and SiLU-mul add their expands, and SiLU-mul makes down's shrink, whose
+expand runs in the NF4 kernel's epilogue. o's LoRA runs as a kernel of its own (lora_shrink_expand), or for one row
+as a shrink kernel and the epilogue's expand (engine/lora/projection.py)."""
 
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ class MLP(nn.Module):
         gate_up = self.gate_up(x) if lora is None else self.gate_up.base(x)  # [T, 2I]
         down = self.down.token_lora()
         act, down_t = silu_mul(gate_up, self.intermediate_size, lora, down.shrink() if down else None)
-        return self.down(act) if down is None else down.add(self.down.base(act), down_t)
+        return self.down(act) if down is None else self.down.base(act, down.expand(down_t))
 
 
 class DecoderLayer(nn.Module):

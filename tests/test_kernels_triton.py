@@ -86,7 +86,8 @@ def test_matmul_with_other_absmax_blocks_matches_reference(blocksize: int, m: in
     assert _rel(got, x.float() @ reference.float().t()) < 1e-3
 
 
-def test_lora_shrink_expand_and_fused_epilogue_match_reference() -> None:
+@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[8]], ids=["tensor cores", "one row"])
+def test_lora_shrink_expand_and_fused_epilogue_match_reference(cfg: Nf4Config) -> None:
     s, r, k, n, m = 3, 16, 256, 80, 5
     gen = torch.Generator().manual_seed(2)
     a_stack = (torch.randn(s, r, k, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
@@ -103,7 +104,7 @@ def test_lora_shrink_expand_and_fused_epilogue_match_reference() -> None:
     assert torch.equal(got[1], y0[1])
     qweight, absmax, code, reference = _weight(n, k, seed=9)
     lora = LoraExpand(t, slot_ids, b_stack, scales, ranks)
-    fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=CONFIGS[1], lora=lora)
+    fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg, lora=lora)
     base = (x.float() @ reference.float().t()).to(torch.float16)
     assert _rel(fused, lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float())) < 1e-3
 

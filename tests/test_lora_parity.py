@@ -64,9 +64,16 @@ def test_mixed_batch_logits_match_peft_per_row(setup, quantization):
         set_routing(LoraRouting(token_slots=torch.tensor(slots, dtype=torch.int32)))
         positions = torch.full((len(names),), 11)
         step = model(ids[:, 11], ForwardMeta(positions, kv_len=64), cache, last_only=False)
+        # a decode step of one row alone (all seven projections adapted): o's expand goes to the matmul's epilogue
+        alone = KVCache(a.num_layers, 1, a.num_kv_heads, 64, a.head_dim, "cpu", torch.float32)
+        set_routing(LoraRouting.of_runs([slots[1]], [11]))
+        model(ids[1, :11], ForwardMeta.prefill([0], [11], "cpu"), alone, False)
+        set_routing(LoraRouting(token_slots=torch.tensor(slots[1:2], dtype=torch.int32)))
+        one_row = model(ids[1:2, 11], ForwardMeta(positions[:1], kv_len=64), alone, last_only=False)
         set_routing(None)
     rel = (step - expected[:, 11]).norm(dim=-1) / expected[:, 11].norm(dim=-1)
     assert (rel < TOLERANCE).all(), rel
+    assert ((one_row[0] - expected[1, 11]).norm() / expected[1, 11].norm()) < TOLERANCE
     base_logits = expected[-1, 11]
     assert all((expected[i, 11] - base_logits).abs().max() > 1e-2 for i in range(4)), "adapters must change logits"
 

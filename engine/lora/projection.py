@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.kernels import lora_shrink
 from engine.lora.context import current_routing
 from engine.lora.stack import LoraStack, TokenLora
 from engine.quant import BaseLinear
@@ -48,7 +49,10 @@ class Projection(nn.Module):
         return TokenLora(self.lora, routing.token_slots)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, K] -> y: [T, N_total], the LoRA added here (unfused)
+        # x: [T, K] -> y: [T, N_total], the LoRA added here (not fused into the ops around the projection)
+        token = self.token_lora()
+        if token is not None and x.shape[0] == 1:  # decode, one row: the expand in the NF4 kernel's epilogue
+            return self.base(x, token.expand(lora_shrink(x, *token.shrink()[:4])))
         y = self.base(x)
         routing = current_routing()
         if routing is not None and self.lora is not None:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from engine.kernels import LoraExpand, LoraShrink, lora_expand, lora_shrink_expand
+from engine.kernels import LoraExpand, LoraShrink, lora_shrink_expand
 from engine.lora.context import LoraRouting
 
 
@@ -101,7 +101,3 @@ class TokenLora(NamedTuple):
         # t: [T, splits, G*R], the shrink's output
         stack = self.stack
         return LoraExpand(t, self.slots, stack.b, stack.scales, stack.ranks, stack.segments, stack.active_rank)
-
-    def add(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # y: [T, N] projection output, updated in place with the expand of t; returns y
-        return lora_expand(*self.expand(t)[:5], y, self.stack.segments, self.stack.active_rank)

@@ -7,6 +7,8 @@ import bitsandbytes.functional as bnbf
 import torch
 from torch import nn
 
+from engine.kernels import LoraExpand, lora_expand
+
 NF4_BLOCKSIZE = 64
 TRITON_ROWS = {  # rows of x for which the Triton NF4 matmul runs, per EngineConfig.kernels (docs/KERNELS.md)
     "bitsandbytes": range(0),
@@ -16,7 +18,7 @@ TRITON_ROWS = {  # rows of x for which the Triton NF4 matmul runs, per EngineCon
 
 
 class BaseLinear(nn.Module):
-    """y = x · Wᵀ for a frozen weight W: [out_features, in_features]."""
+    """y = x · Wᵀ for a frozen weight W: [out_features, in_features], plus a LoRA expand when given one."""
 
     in_features: int
     out_features: int
@@ -31,9 +33,9 @@ class DenseLinear(BaseLinear):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora: LoraExpand | None = None) -> torch.Tensor:
         # x: [T, K] -> [T, N]
-        return x @ self.weight.t()
+        return _expanded(x @ self.weight.t(), lora)
 
 
 class NF4Linear(BaseLinear):
@@ -63,15 +65,20 @@ class NF4Linear(BaseLinear):
         # -> [N, K] in compute dtype
         return bnbf.dequantize_4bit(self.qweight, self.quant_state).to(self.compute_dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [T, K] -> [T, N]
+    def forward(self, x: torch.Tensor, lora: LoraExpand | None = None) -> torch.Tensor:
+        # x: [T, K] -> [T, N]; the LoRA expand in the Triton kernel's epilogue
         if x.shape[0] in self.triton_rows:
             from engine.kernels import nf4_matmul
 
             return nf4_matmul(
-                x, self.qweight, self.absmax, self.code, self.out_features, self.in_features, NF4_BLOCKSIZE
+                x, self.qweight, self.absmax, self.code, self.out_features, self.in_features, NF4_BLOCKSIZE, lora
             )
-        return bnb.matmul_4bit(x, self.qweight.t(), quant_state=self.quant_state)
+        return _expanded(bnb.matmul_4bit(x, self.qweight.t(), quant_state=self.quant_state), lora)
+
+
+def _expanded(y: torch.Tensor, lora: LoraExpand | None) -> torch.Tensor:
+    # y: [T, N] += the LoRA expand of lora.t, in place
+    return y if lora is None else lora_expand(*lora[:5], y, lora.segments, lora.rank_bound)
 
 
 def make_linear(
