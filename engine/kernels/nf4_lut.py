@@ -18,10 +18,9 @@ one-row kernel's inner product: 8 weights times x in one call, summed on packed 
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from dataclasses import dataclass
-
-import numpy
 
 LOW_MASK = 0xD8  # lop3 (a & ~c) | (b & c)
 SELECT_HIGH = ("0x9D8C", "0xBFAE")  # sign-replicate selectors of nibbles 0-3 and 4-7, see _half
@@ -179,24 +178,21 @@ def _lop3(a: int, b: int, c: int, lut: int) -> int:
     return sum(((lut >> ((a >> k & 1) << 2 | (b >> k & 1) << 1 | (c >> k & 1))) & 1) << k for k in range(32))
 
 
-def _half_value(bits: int) -> float:
-    return float(numpy.array(bits & 0xFFFF, dtype=numpy.uint16).view(numpy.float16))
+def _value(bits: int, fmt: str, width: int) -> float:
+    return struct.unpack(f"<{fmt}", (bits & ((1 << width) - 1)).to_bytes(width // 8, "little"))[0]
 
 
-def _half_bits(value: float) -> int:
-    return int(numpy.array(value, dtype=numpy.float16).view(numpy.uint16))  # rounded once, to nearest even
+def _bits(value: float, fmt: str, width: int) -> int:
+    """`value` rounded once, to the nearest even, in the IEEE format `fmt` ("e" fp16, "f" fp32); its bits."""
+    try:
+        return int.from_bytes(struct.pack(f"<{fmt}", value), "little")
+    except OverflowError:  # past the format's largest finite value: infinity
+        return int.from_bytes(struct.pack(f"<{fmt}", math.copysign(math.inf, value)), "little")
 
 
 def _half2(a: int, b: int, c: int, op) -> int:
-    return sum(_half_bits(op(*(_half_value(v >> s) for v in (a, b, c)))) << s for s in (0, 16))
-
-
-def _float_value(bits: int) -> numpy.float32:
-    return numpy.array(bits, dtype=numpy.uint32).view(numpy.float32)[()]
-
-
-def _float_bits(value: float) -> int:
-    return int(numpy.array(value, dtype=numpy.float32).view(numpy.uint32))
+    """A packed fp16x2 operation: `op` on each 16-bit half of a, b, c, rounded once per half."""
+    return sum(_bits(op(*(_value(v >> s, "e", 16) for v in (a, b, c))), "e", 16) << s for s in (0, 16))
 
 
 def run_program(instructions: list[Instruction], inputs: dict[str, int]) -> dict[str, int]:
@@ -229,8 +225,8 @@ def run_program(instructions: list[Instruction], inputs: dict[str, int]) -> dict
         elif ins.op == "fma":
             result = _half2(v[0], v[1], v[2], lambda a, b, c: a * b + c)
         elif ins.op == "cvt":
-            result = _float_bits(_half_value(v[0]))
+            result = _bits(_value(v[0], "e", 16), "f", 32)
         else:
-            result = _float_bits(_float_value(v[0]) + _float_value(v[1]))
+            result = _bits(_value(v[0], "f", 32) + _value(v[1], "f", 32), "f", 32)
         regs[ins.dst] = result & MASK32
     return regs
