@@ -39,7 +39,8 @@ def _done(fn) -> Future:
 def test_mixed_batch_logits_match_peft_per_row(setup, quantization):
     base, adapters = setup
     config = EngineConfig(model=base, quantization=quantization, max_loras=4, max_lora_rank=64)
-    model = load_model(base, torch.device("cpu"), torch.float32, quantization, 64, triton_rows=range(0))
+    # one row through our NF4 matmul (its CPU reference, with the LoRA epilogue), more rows through bitsandbytes
+    model = load_model(base, torch.device("cpu"), torch.float32, quantization, 64, triton_rows=range(1, 2))
     registry = AdapterRegistry(model, config, torch.device("cpu"), torch.float32, _done)
     for name, path in adapters.items():
         registry.load(name, path)
