@@ -67,11 +67,11 @@ DOT_TILES = list(
 )  # (block_n, block_k, warps, stages, swap_ab): swapped tiles put the weight first, as tensor cores' M side
 FMA_TILES = [
     (bn, bk, w, 1)
-    for bn in (32, 64, 128, 256)
-    for bk in (128, 256, 512, 1024)
-    for w in (2, 4, 8)
-    if bn * bk <= 16384 * w
-]  # M = 1 only: (block_n, block_k, warps, stages), at most 64 packed words per thread
+    for bn in (4, 8, 16, 32, 64)
+    for bk in (512, 1024, 2048, 4096)
+    for w in (1, 2, 4, 8)
+    if 8 <= bn * bk // 8 // (32 * w) <= 32
+]  # M = 1 only: (block_n, block_k, warps, stages), 8 to 32 packed words per thread
 LOOKUPS = (3, 4)  # byte-pair table, register table (swapped); --check covers lookups 0 and 1 too
 SPLITS = (1, 2, 4, 8)
 DEVICE = torch.device("cuda")

@@ -63,21 +63,22 @@ def _pair_table_dot(block_k: int) -> Nf4Config:
     return Nf4Config(16, 64, block_k, 1, use_dot=True, num_warps=4, num_stages=1, lookup=3, swap_ab=True)
 
 
-def _words(split_k: int, block_n: int = 128, block_k: int = 512, num_warps: int = 4) -> Nf4Config:
-    """The one-row tile (lookup 4): packed int32 words times x on packed fp16 units, one absmax block per 64 k."""
+def _words(block_n: int = 16, block_k: int = 2048, num_warps: int = 4, split_k: int = 1) -> Nf4Config:
+    """The one-row tile (lookup 4): packed int32 words times x on packed fp16 units; by default a few rows over
+    long K steps, whole rows per program (run 10: fewer, longer programs stream the weights faster)."""
     return Nf4Config(1, block_n, block_k, split_k, use_dot=False, num_warps=num_warps, num_stages=1, lookup=4)
 
 
 # (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` (docs/KERNELS.md, on an H200).
-# M = 1: the one-row word tile (run 9). M = 2..16: the swapped register-table tile (run 7), which pads the batch to
+# M = 1: the one-row word tile (run 10). M = 2..16: the swapped register-table tile (run 7), which pads the batch to
 # 16 columns, so its time does not depend on M (run 4 swept M = 8 too: same winners). Llama-3-8B: fused qkv, o,
 # fused gate_up, down.
 TUNED_BLOCKSIZE = 64  # the absmax block size the table was measured with (bitsandbytes' default)
 TUNED: dict[tuple[int, int, int], Nf4Config] = {
-    (6144, 4096, 1): _words(8),
-    (4096, 4096, 1): _words(8),
-    (28672, 4096, 1): _words(4),
-    (4096, 14336, 1): _words(4, block_n=32, num_warps=2),
+    (6144, 4096, 1): _words(),
+    (4096, 4096, 1): _words(num_warps=8),
+    (28672, 4096, 1): _words(block_n=8, block_k=1024, num_warps=1),
+    (4096, 14336, 1): _words(num_warps=8),
     **{(6144, 4096, m): _lut(8, block_k=128) for m in (2, 4, 8, 16)},
     **{(4096, 4096, m): _lut(8, block_k=256, num_stages=2) for m in (2, 4, 8, 16)},
     **{(28672, 4096, m): _lut(4, block_n=64) for m in (2, 4, 8, 16)},
@@ -88,7 +89,7 @@ TUNED: dict[tuple[int, int, int], Nf4Config] = {
 def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int) -> Nf4Config:
     """The tuned config for this shape when there is one; else, for one row, the word tile; for up to 16 rows the
     register-table tile (or, for absmax blocks other than 64, the byte-pair-table tile); each with a split-K that
-    fills the GPU. Larger M: a plain tiled GEMM."""
+    fills the GPU (one row: at least one program per SM). Larger M: a plain tiled GEMM."""
     tuned = TUNED.get((n, k, m_bucket(m)))
     if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and blocksize == TUNED_BLOCKSIZE:
         return tuned
@@ -96,12 +97,13 @@ def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int) -> Nf4Conf
         block_k = max(blocksize, 256 if k % 256 == 0 else blocksize)
         return Nf4Config(block_m=64, block_n=64, block_k=block_k, num_warps=8)
     if m == 1:
-        block_k = next(bk for bk in (512, 256, 128, 64, blocksize) if bk % blocksize == 0 and k % bk == 0)
-        base = _words(1, block_k=block_k)
+        block_k = next(bk for bk in (2048, 1024, 512, 256, 128, 64, blocksize) if bk % blocksize == 0 and k % bk == 0)
+        base = _words(block_k=block_k)
     else:
         base = _lut(1) if blocksize == 64 else _pair_table_dot(max(64, blocksize))
     n_tiles = -(-n // base.block_n)
+    programs = num_sms if m == 1 else 2 * num_sms  # one row: whole rows per program unless the tiles are too few
     split_k = 1
-    while n_tiles * split_k < 2 * num_sms and k % (2 * split_k * base.block_k) == 0 and split_k < 8:
+    while n_tiles * split_k < programs and k % (2 * split_k * base.block_k) == 0 and split_k < 8:
         split_k *= 2
     return replace(base, split_k=split_k)

@@ -2,16 +2,19 @@
 
 Each program owns a [BLOCK_M, BLOCK_N] output tile and a slice of K (split-K). Per K step it loads the
 packed bytes of BLOCK_K / GROUP absmax blocks of BLOCK_N rows once.
-- One row (use_dot False): the bytes as int32 words of 8 weights. Lookup 4 turns each word into codes with the
-  register table of nf4_lut.py and multiplies them with x on packed fp16 units in the same call
-  (nf4_lut.dot_program); partial sums stay in the words' layout, scaled by their absmax in fp32.
+- One row (use_dot False): the bytes as int32 words of 8 weights, a [BLOCK_N, BLOCK_K / 8] tile per step whose
+  rows are contiguous, so each warp's loads cover whole 128-byte lines. Lookup 4 turns each word into codes with
+  the register table of nf4_lut.py and multiplies them with x on packed fp16 units in the same call
+  (nf4_lut.dot_program); partial sums stay in the words' layout, scaled by their absmax in fp32. Its tuned tiles
+  take a few rows over all of K (no split).
 - More rows (use_dot): lookup 4 turns each block's bytes into fp16 codes with the register table and multiplies
   them on tensor cores, the weight tile as the first operand (swap_ab), one dot per block scaled by its absmax in
   fp32. Lookups 1 and 3 read the 16-entry table from memory (L1-resident) into a [BLOCK_N, blocks, 32] tile and
   keep even and odd k apart, multiplied with the even and odd columns of x.
 Lookup 0 is the interpreter's: plain gathers where the GPU runs inline PTX.
 Split-K partials go to a workspace; the last program to finish a tile (an atomic ticket per
-tile, reset by that program) sums them in a fixed order, so results are deterministic.
+tile, reset by that program) sums them in a fixed order, so results are deterministic. The fused LoRA expand goes
+into the first split's partial.
 No host syncs and fixed-size allocations only: CUDA-graph capturable once the ticket buffer exists
 (call once before capture, as any warm-up does).
 """
@@ -184,24 +187,30 @@ def _nf4_matmul_kernel(
                 acc = tl.dot(w, tl.trans(xt), acc) if SWAP_AB else tl.dot(xt, tl.trans(w), acc)
         out = tl.trans(acc) if SWAP_AB else acc
     else:  # one row (BLOCK_M == 1), FMAs in the layout of the packed int32 words (8 weights each)
-        WORDS: tl.constexpr = GROUP // 8
+        WORDS: tl.constexpr = BLOCK_K // 8  # a row's words per K step, contiguous: each warp load covers whole lines
         acc = tl.zeros((BLOCK_N, WORDS), tl.float32)
-        offs_w = tl.arange(0, G)[:, None] * WORDS + tl.arange(0, WORDS)[None, :]  # [G, WORDS]
-        same = tl.zeros([G, WORDS], tl.int32)
+        offs_w = tl.arange(0, WORDS)
+        same = tl.zeros([WORDS], tl.int32)
         w0, w1 = tl.load(code_ptr + same), tl.load(code_ptr + 1 + same)  # the register table's words (LOOKUP 4)
         w2, w3 = tl.load(code_ptr + 2 + same), tl.load(code_ptr + 3 + same)
         for g0 in range(g_begin, g_end, G):
-            words = g0 * WORDS + offs_w
-            packed = tl.load(q_ptr + rows[:, None, None] * k_words + words[None, :, :])  # [BN, G, WORDS] int32
-            scale_ptrs = absmax_ptr + rows[:, None, None] * (K // GROUP) + (g0 + tl.arange(0, G))[None, :, None]
-            scale = _load_like(tl.broadcast_to(scale_ptrs, packed.shape), LOOKUP)  # [BN, G, WORDS], one read per block
-            # x as int32 words, each the fp16 pair (k = 2j, 2j + 1) of packed byte j; byte b of each word: [G, WORDS]
+            words = g0 * (GROUP // 8) + offs_w  # [WORDS]
+            packed = tl.load(q_ptr + rows[:, None] * k_words + words[None, :])  # [BN, WORDS] int32
+            scale_ptrs = absmax_ptr + rows[:, None] * (K // GROUP) + (words // (GROUP // 8))[None, :]
+            scale = _load_like(scale_ptrs, LOOKUP)  # [BN, WORDS], one read per block and thread
+            # x as int32 words, each the fp16 pair (k = 2j, 2j + 1) of packed byte j; byte b of each word: [WORDS]
             x_pairs = x_ptr + pid_m * stride_xm + words * 4
             x0, x1, x2, x3 = tl.load(x_pairs), tl.load(x_pairs + 1), tl.load(x_pairs + 2), tl.load(x_pairs + 3)
-            part = _word_dot(code_ptr, packed, x0[None], x1[None], x2[None], x3[None], w0[None], w1[None], w2[None],
-                             w3[None], LOOKUP, LUT_ASM)  # fmt: skip
-            acc += tl.sum(part * scale, axis=1)  # [BN, WORDS]: a step's absmax blocks lie in one thread
+            part = _word_dot(code_ptr, packed, x0[None, :], x1[None, :], x2[None, :], x3[None, :], w0[None, :],
+                             w1[None, :], w2[None, :], w3[None, :], LOOKUP, LUT_ASM)  # fmt: skip
+            acc += part * scale
         out = tl.sum(acc, axis=1)[None, :]  # [1, BN]
+    # the first split's partial carries the LoRA expand, off the path of the tile's last program; HAS_LORA is
+    # resolved at compile time, pid_k at run time
+    if HAS_LORA:  # noqa: SIM102
+        if pid_k == 0:
+            out += lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N, lora_r,
+                                   seg1, seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK)  # fmt: skip
     if IS_SPLIT:
         tile = pid_m * tl.num_programs(0) + pid_n
         tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
@@ -214,24 +223,14 @@ def _nf4_matmul_kernel(
             for s in range(split_k):
                 part = ws_ptr + (tile * split_k + s) * (BLOCK_M * BLOCK_N) + tile_offs
                 total += tl.load(part, mask=ws_mask, other=0.0, cache_modifier=".cg")
-            _store_tile(total, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
-                        stride_ym, lora_r, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R, NUM_SEG,
-                        T_SPLITS, T_BLOCK)  # fmt: skip
+            _store_tile(total, y_ptr, offs_m, pid_n * BLOCK_N, M, N, stride_ym, BLOCK_N)
             tl.atomic_xchg(ticket_ptr + tile, 0)
     else:
-        _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N,
-                    stride_ym, lora_r, seg1, seg2, BLOCK_M, BLOCK_N, HAS_LORA, BLOCK_R, NUM_SEG,
-                    T_SPLITS, T_BLOCK)  # fmt: skip
+        _store_tile(out, y_ptr, offs_m, pid_n * BLOCK_N, M, N, stride_ym, BLOCK_N)
 
 
 @triton.jit
-def _store_tile(out, y_ptr, t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, stride_ym,
-                lora_r, seg1, seg2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LORA: tl.constexpr,
-                BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr,
-                T_BLOCK: tl.constexpr):  # fmt: skip
-    if HAS_LORA:
-        out += lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, lora_r, seg1,
-                               seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK)  # fmt: skip
+def _store_tile(out, y_ptr, offs_m, n_start, M, N, stride_ym, BLOCK_N: tl.constexpr):
     offs_n = n_start + tl.arange(0, BLOCK_N)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(tl.float16), mask=mask)
