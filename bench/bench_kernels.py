@@ -72,6 +72,8 @@ FMA_TILES = [
     for w in (1, 2, 4, 8)
     if 8 <= bn * bk // 8 // (32 * w) <= 32
 ]  # M = 1 only: (block_n, block_k, warps, stages), 8 to 32 packed words per thread
+MMA_TILES = [(w, t, p) for w in (2, 4, 8) for t in (1, 2, 4) for p in (False, True)]  # M = 2..8, Gluon: warps,
+# row tiles per warp, next step's operands loaded ahead
 LOOKUPS = (3, 4)  # byte-pair table, register table (swapped); --check covers lookups 0 and 1 too
 SPLITS = (1, 2, 4, 8)
 DEVICE = torch.device("cuda")
@@ -226,6 +228,7 @@ def run_checks() -> list[dict]:
                      for lookup in (0, 4)]  # fmt: skip
     extra_configs += [Nf4Config(block_n=64, block_k=128, split_k=8, lookup=3), Nf4Config(block_n=128, lookup=0)]
     extra_configs += [Nf4Config(block_n=bn, block_k=64, split_k=4, lookup=4, swap_ab=True) for bn in (16, 64)]
+    extra_configs += [Nf4Config(8, 128, 128, 4, num_warps=4, num_stages=2, lookup=4, swap_ab=True, gluon=True)]
     for name, (n, k) in SHAPES.items():
         w, dense = quantized_weight(n, k)
         exact = torch.equal(nf4_dequantize(w.qweight, w.absmax, w.code, n, k), dense)
@@ -310,6 +313,13 @@ def sweep_configs(m: int, n: int, k: int, lookups: tuple[int, ...]) -> list[Nf4C
     tiles = [(block_m, bn, bk, w, s, True, swap) for bn, bk, w, s, swap in DOT_TILES]
     if m == 1:
         tiles += [(1, *t, False, False) for t in FMA_TILES]
+    if 2 <= m <= 8 and 4 in lookups:
+        for warps, row_tiles, prefetch in MMA_TILES:
+            block_n = 16 * warps * row_tiles
+            for split in (*SPLITS, 16):
+                if k % (split * 128) == 0 and n % block_n == 0 and 100 <= n // block_n * split <= 1200:
+                    configs.append(Nf4Config(8, block_n, 128, split, True, warps, 2 if prefetch else 1, 4, True,
+                                             gluon=True))  # fmt: skip
     for block_m, block_n, block_k, warps, stages, use_dot, swap in tiles:
         for lookup in lookups:
             if not use_dot and lookup != 4:
@@ -401,21 +411,22 @@ def run_sweep(bandwidth: float, sweep_m: tuple[int, ...], lookups: tuple[int, ..
                 if not err < 2e-3:  # a wrong config (NaN included) is never picked
                     print(f"sweep {name} M={m} {cfg} WRONG rel_err={err:.2e}", flush=True)
                     continue
-                if (name, m) not in best or ms < best[(name, m)][0]:
-                    best[(name, m)] = (ms, cfg)
+                if (name, m, cfg.gluon) not in best or ms < best[(name, m, cfg.gluon)][0]:
+                    best[(name, m, cfg.gluon)] = (ms, cfg)
             bnb_ms = bnb_per_call_ms(x, copies)
             rows.append(dict(shape=name, m=m, ms=bnb_ms, impl="bnb"))
-            if (name, m) in best:
-                ms, cfg = best[(name, m)]
-                print(f"sweep best {name:8s} M={m:<3d} {ms * 1e3:8.1f} us (bitsandbytes {bnb_ms * 1e3:.1f} us)  {cfg}",
-                      flush=True)  # fmt: skip
+            for gluon in (False, True):
+                if (name, m, gluon) in best:
+                    ms, cfg = best[(name, m, gluon)]
+                    print(f"sweep best {name:8s} M={m:<3d} {ms * 1e3:8.1f} us (bitsandbytes {bnb_ms * 1e3:.1f} us)  "
+                          f"{cfg}", flush=True)  # fmt: skip
         del copies
-    tuned = {}
-    for (name, m), (_, cfg) in best.items():
+    tuned: dict[bool, dict] = {False: {}, True: {}}  # Triton tiles (TUNED), Gluon tiles (TUNED_MMA)
+    for (name, m, gluon), (_, cfg) in best.items():
         n, k = SHAPES[name]
-        tuned[(n, k, m)] = cfg
+        tuned[gluon][(n, k, m)] = cfg
         if m == 4:
-            tuned[(n, k, 2)] = cfg
+            tuned[gluon][(n, k, 2)] = cfg
     return tuned, rows
 
 
@@ -576,12 +587,14 @@ def main() -> int:
         print(f"copy bandwidth {result['bandwidth'] / 1e12:.2f} TB/s ({time.time() - started:.0f} s)", flush=True)
         if args.sweep:
             tuned, result["sweep"] = run_sweep(result["bandwidth"], tuple(args.sweep_m), tuple(args.lookups))
-            nf4_configs.TUNED.update(tuned)
-            result["tuned"] = {f"{n},{k},{m}": asdict(c) for (n, k, m), c in tuned.items()}
-            print("TUNED = {")
-            for key, cfg in sorted(tuned.items()):
-                print(f"    {key}: {cfg!r},")
-            print("}", flush=True)
+            for gluon, table in ((False, nf4_configs.TUNED), (True, nf4_configs.TUNED_MMA)):
+                table.update(tuned[gluon])
+                name = "TUNED_MMA" if gluon else "TUNED"
+                result[name.lower()] = {f"{n},{k},{m}": asdict(c) for (n, k, m), c in tuned[gluon].items()}
+                print(f"{name} = {{")
+                for key, cfg in sorted(tuned[gluon].items()):
+                    print(f"    {key}: {cfg!r},")
+                print("}", flush=True)
         if args.bench:
             result["bench"] = run_bench(result["bandwidth"], args.quick)
     except Exception:

@@ -7,7 +7,7 @@ import torch
 from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
 from engine.kernels import nf4_dequantize, nf4_dequantize_reference, nf4_matmul
-from engine.kernels.nf4_configs import TUNED, Nf4Config, m_bucket, pick_config
+from engine.kernels.nf4_configs import TUNED, TUNED_MMA, Nf4Config, m_bucket, pick_config
 
 LLAMA3_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 
@@ -61,12 +61,14 @@ def test_bad_arguments_name_the_argument() -> None:
 
 @pytest.mark.parametrize(("n", "k"), [*LLAMA3_8B_SHAPES, (2048, 8192), (256, 192), (96, 64)])
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 17, 512])
-def test_picked_config_tiles_k_exactly(n: int, k: int, m: int) -> None:
-    cfg = pick_config(m, n, k, blocksize=64, num_sms=132)
+@pytest.mark.parametrize("mma", [False, True])
+def test_picked_config_tiles_k_exactly(n: int, k: int, m: int, mma: bool) -> None:
+    cfg = pick_config(m, n, k, blocksize=64, num_sms=132, mma=mma)
     assert k % (cfg.split_k * cfg.block_k) == 0
     assert cfg.block_k % 64 == 0
-    assert not cfg.use_dot or cfg.block_m >= 16
+    assert not cfg.use_dot or cfg.block_m >= (m if cfg.gluon else 16)
     assert cfg.use_dot == (m > 1), "one row runs the word tile, more rows the tensor-core tiles"
+    assert not cfg.gluon or (mma and 2 <= m <= 8), "the Gluon tile only where asked for, up to 8 rows"
 
 
 @pytest.mark.parametrize("blocksize", [32, 64, 128, 256])
@@ -82,6 +84,10 @@ def test_tuned_table_covers_the_8b_shapes_and_tiles_their_k() -> None:
             assert pick_config(m, n, k, blocksize=64, num_sms=132) is TUNED[(n, k, m_bucket(m))]
     for (_, k, _), cfg in TUNED.items():
         assert k % (cfg.split_k * cfg.block_k) == 0
+    for n, k in LLAMA3_8B_SHAPES:  # with Gluon (and no fused LoRA expand): the MMA tile for 2-8 rows
+        for m in (1, 2, 3, 4, 8, 16):
+            want = TUNED_MMA[(n, k, m_bucket(m))] if 2 <= m <= 8 else TUNED[(n, k, m_bucket(m))]
+            assert pick_config(m, n, k, blocksize=64, num_sms=132, mma=True) is want
 
 
 def test_m_bucket_and_config_validation() -> None:
@@ -98,3 +104,11 @@ def test_m_bucket_and_config_validation() -> None:
         Nf4Config(lookup=4)
     with pytest.raises(ValueError, match="one-row path"):
         Nf4Config(block_m=1, use_dot=False, lookup=3)
+    gluon = dict(block_m=8, block_n=64, block_k=128, num_warps=2, num_stages=1, lookup=4, swap_ab=True, gluon=True)
+    assert Nf4Config(**gluon).gluon
+    with pytest.raises(ValueError, match="block_k 128"):
+        Nf4Config(**{**gluon, "block_k": 256})
+    with pytest.raises(ValueError, match="rows per warp"):
+        Nf4Config(**{**gluon, "block_n": 16})
+    with pytest.raises(ValueError, match="first MMA operand"):
+        Nf4Config(**{**gluon, "lookup": 3})

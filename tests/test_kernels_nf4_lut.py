@@ -14,6 +14,8 @@ from engine.kernels.nf4_lut import (
     dot_asm,
     dot_program,
     lut_asm,
+    pairs_asm,
+    pairs_program,
     program,
     register_words,
     run_program,
@@ -110,3 +112,29 @@ def test_ptx_declares_every_register_it_uses(asm: str, instructions: list, opera
     registers = {f.strip("{} ") for f in fields if not f[0].isdigit()}
     assert registers - declared == operands
     assert len(statements) == len(instructions)
+
+
+@pytest.mark.parametrize("code", [NF4, tuple(float(i - 8) / 8 for i in range(16))], ids=["nf4", "linear"])
+def test_pairs_program_returns_each_bytes_scaled_codes_in_k_order(code: tuple[float, ...]) -> None:
+    rng = random.Random(2)
+    instructions, words = pairs_program(code), register_words(code)
+    for position in range(4):
+        for byte in range(256):
+            packed = bytearray(rng.randrange(256) for _ in range(4))
+            packed[position] = byte
+            scale = rng.uniform(1e-3, 4.0)
+            inputs = {"$4": int.from_bytes(packed, "little"), "$5": struct.unpack("<I", struct.pack("<f", scale))[0]}
+            regs = run_program(instructions, {**inputs, **dict(zip(DOT_WORD_OPERANDS, words, strict=True))})
+            for b, value in enumerate(
+                packed
+            ):  # pair b: k = 2b (high nibble) low, k = 2b + 1 high, fp16(code) x fp16(scale)
+                want = [_fp16_bits(_half(code[value >> 4]) * _half(scale)),
+                        _fp16_bits(_half(code[value & 0xF]) * _half(scale))]  # fmt: skip
+                assert regs[f"${b}"] == want[0] | want[1] << 16, (position, byte, b)
+
+
+def test_pairs_asm_declares_its_registers_and_writes_outputs_last() -> None:
+    text = pairs_asm(NF4)
+    assert text.startswith("{ .reg .b32 ") and "cvt.rn.f16x2.f32 s2, $5, $5;" in text
+    after_first_output = text[min(text.index(f"mul.rn.f16x2 ${b},") for b in range(4)) :].split(";", 1)[1]
+    assert not any(f"${i}" in after_first_output for i in range(4, 10)), "outputs may share the inputs' registers"

@@ -24,9 +24,11 @@ from engine.kernels.lora_triton import lora_expand_triton, lora_one_pass_triton,
 from engine.kernels.lora_types import ONE_PASS_MAX_ROWS  # noqa: E402
 from engine.kernels.nf4_configs import Nf4Config  # noqa: E402
 from engine.kernels.nf4_triton import (  # noqa: E402
+    _code_derived,
     _num_sms,
     _tickets,
     byte_pair_table,
+    gluon_ready,
     nf4_dequantize_triton,
     nf4_matmul_triton,
 )
@@ -74,6 +76,34 @@ def test_matmul_matches_fp32_reference(cfg: Nf4Config, m: int) -> None:
     assert _rel(got, x.float() @ reference.float().t()) < 1e-3  # fp16 output rounding is ~3e-4
     if cfg.split_k > 1:
         assert int(_tickets[x.device].abs().sum()) == 0, "split-K tickets must be reset for the next call"
+
+
+GLUON_CONFIGS = [  # the register-fed MMA tile (nf4_mma_gluon.py): rows, split-K, warps, row tiles per warp, prefetch
+    Nf4Config(8, 64, 128, 1, num_warps=2, num_stages=1, lookup=4, swap_ab=True, gluon=True),
+    Nf4Config(8, 64, 128, 2, num_warps=2, num_stages=2, lookup=4, swap_ab=True, gluon=True),
+    Nf4Config(8, 128, 128, 4, num_warps=4, num_stages=2, lookup=4, swap_ab=True, gluon=True),
+    Nf4Config(16, 64, 128, 2, num_warps=4, num_stages=1, lookup=4, swap_ab=True, gluon=True),
+]
+
+
+@pytest.mark.skipif(not gluon_ready(DEVICE), reason="the Gluon tile needs CUDA (sm_80+) and Triton's Gluon")
+@pytest.mark.parametrize("cfg", GLUON_CONFIGS, ids=str)
+@pytest.mark.parametrize("m", [1, 3, 8, 13])
+def test_gluon_mma_tile_matches_fp32_reference(cfg: Nf4Config, m: int) -> None:
+    if m > cfg.block_m:
+        pytest.skip("more rows than the tile's MMA columns")
+    n, k = 80, 512  # 80 rows: the last program's tile is partly past N
+    qweight, absmax, code, reference = _weight(n, k, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(3)).to(torch.float16).to(DEVICE)
+    got = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg)
+    assert _rel(got, x.float() @ reference.float().t()) < 1e-3
+    assert torch.equal(got, nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg)), "deterministic"
+    assert int(_tickets[x.device].abs().sum()) == 0, "split-K tickets must be reset for the next call"
+    lora = LoraExpand(torch.zeros(m, 1, 8, device=DEVICE), torch.zeros(m, dtype=torch.int32, device=DEVICE),
+                      torch.zeros(1, 8, n, dtype=torch.float16, device=DEVICE), torch.ones(1, device=DEVICE),
+                      torch.ones(1, dtype=torch.int32, device=DEVICE))  # fmt: skip
+    with pytest.raises(ValueError, match="fuses no LoRA"):
+        nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg, lora=lora)
 
 
 @pytest.mark.parametrize("blocksize", [32, 128])
@@ -155,6 +185,7 @@ def test_lora_one_pass_matches_reference(m: int, segments: tuple[int, ...]) -> N
 
 
 def test_byte_pair_table_holds_both_nibbles_of_each_byte() -> None:
+    _code_derived.clear()  # tables are cached per code address: an earlier test's freed code may have had this one
     code = torch.linspace(-1.0, 1.0, 16, device=DEVICE)
     pairs = byte_pair_table(code)  # [byte, (even, odd)]
     byte = torch.arange(256, device=DEVICE)

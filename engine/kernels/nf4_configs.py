@@ -12,7 +12,10 @@ MAX_SMALL_M = 16
 
 @dataclass(frozen=True)
 class Nf4Config:
-    """One launch shape. `use_dot` multiplies on tensor cores (block_m >= 16); otherwise FMAs, one row per program."""
+    """One launch shape. `use_dot` multiplies on tensor cores (block_m >= 16); otherwise FMAs, one row per program.
+    `gluon`: the register-fed MMA tile of nf4_mma_gluon.py for up to block_m (8 or 16) rows, block_n weight rows
+    per program in row tiles of 16 per warp, K steps of 128; num_stages 2 loads each step's operands one step
+    ahead."""
 
     block_m: int = 16
     block_n: int = 32
@@ -23,6 +26,7 @@ class Nf4Config:
     num_stages: int = 3
     lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX pair per byte, 4 register table
     swap_ab: bool = False  # tensor cores: y^T = W x^T, the dequantized weight tile as the first operand
+    gluon: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "num_warps"):
@@ -35,14 +39,25 @@ class Nf4Config:
             raise ValueError("lookup: on tensor cores the register table (4) runs on the swapped path only")
         if self.split_k < 1 or self.num_stages < 1:
             raise ValueError(f"split_k and num_stages: must be >= 1, got {self.split_k}, {self.num_stages}")
-        if self.use_dot and (self.block_m < 16 or self.block_n < 16 or self.block_k < 64):
-            raise ValueError("use_dot: tensor cores need block_m >= 16, block_n >= 16 and block_k >= 64")
+        if self.use_dot and (self.block_m < (8 if self.gluon else 16) or self.block_n < 16 or self.block_k < 64):
+            raise ValueError("use_dot: tensor cores need block_m >= 16 (8 gluon), block_n >= 16 and block_k >= 64")
         if self.swap_ab and not self.use_dot:
             raise ValueError("swap_ab: only the tensor-core path (use_dot) swaps its operands")
         if not self.use_dot and self.block_m != 1:
             raise ValueError(f"use_dot: the FMA path computes one row per program (block_m 1), got {self.block_m}")
         if not self.use_dot and self.lookup not in (0, 4):
             raise ValueError(f"lookup: the one-row path reads the register table (4) or gathers (0), got {self.lookup}")
+        if self.gluon:
+            self._check_gluon()
+
+    def _check_gluon(self) -> None:
+        tiles = self.block_n // (16 * self.num_warps)
+        if self.block_m not in (8, 16) or self.block_k != 128 or self.num_stages not in (1, 2):
+            raise ValueError(f"gluon: takes block_m 8 or 16, block_k 128 and 1-2 stages, got {self}")
+        if tiles < 1 or tiles * 16 * self.num_warps != self.block_n:
+            raise ValueError(f"gluon: block_n must be a power-of-two multiple of 16 rows per warp, got {self}")
+        if not (self.use_dot and self.swap_ab and self.lookup == 4):
+            raise ValueError("gluon: the tile multiplies the register table's weights as the first MMA operand")
 
 
 def m_bucket(m: int) -> int:
@@ -69,6 +84,12 @@ def _words(block_n: int = 16, block_k: int = 2048, num_warps: int = 4, split_k: 
     return Nf4Config(1, block_n, block_k, split_k, use_dot=False, num_warps=num_warps, num_stages=1, lookup=4)
 
 
+def _mma(block_n: int, split_k: int, num_warps: int, prefetch: bool) -> Nf4Config:
+    """The Gluon register-fed MMA tile for up to 8 rows of x."""
+    return Nf4Config(8, block_n, 128, split_k, num_warps=num_warps, num_stages=2 if prefetch else 1, lookup=4,
+                     swap_ab=True, gluon=True)  # fmt: skip
+
+
 # (N, K, m_bucket) -> the fastest correct config of `bench_kernels --sweep` (docs/KERNELS.md, on an H200).
 # M = 1: the one-row word tile (run 10). M = 2..16: the swapped register-table tile (run 7), which pads the batch to
 # 16 columns, so its time does not depend on M (run 4 swept M = 8 too: same winners). Llama-3-8B: fused qkv, o,
@@ -86,11 +107,22 @@ TUNED: dict[tuple[int, int, int], Nf4Config] = {
 }
 
 
-def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int) -> Nf4Config:
-    """The tuned config for this shape when there is one; else, for one row, the word tile; for up to 16 rows the
-    register-table tile (or, for absmax blocks other than 64, the byte-pair-table tile); each with a split-K that
-    fills the GPU (one row: at least one program per SM). Larger M: a plain tiled GEMM."""
-    tuned = TUNED.get((n, k, m_bucket(m)))
+# M = 2..8 without a fused LoRA expand, where Gluon runs: the register-fed MMA tile (docs/KERNELS.md, run 11).
+TUNED_MMA: dict[tuple[int, int, int], Nf4Config] = {
+    **{(6144, 4096, m): _mma(64, 8, 2, prefetch=True) for m in (2, 4, 8)},
+    **{(4096, 4096, m): _mma(64, 8, 4, prefetch=False) for m in (2, 4, 8)},
+    **{(28672, 4096, m): _mma(64, 2, 2, prefetch=True) for m in (2, 4, 8)},
+    **{(4096, 14336, m): _mma(128, 16, 4, prefetch=True) for m in (2, 4, 8)},
+}
+
+
+def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int, mma: bool = False) -> Nf4Config:
+    """The tuned config for this shape when there is one (with `mma`, the Gluon tile first); else, for one row, the
+    word tile; for up to 16 rows the register-table tile (or, for absmax blocks other than 64, the byte-pair-table
+    tile); each with a split-K that fills the GPU (one row: at least one program per SM). Larger M: a plain tiled
+    GEMM."""
+    tuned = TUNED_MMA.get((n, k, m_bucket(m))) if mma else None
+    tuned = tuned or TUNED.get((n, k, m_bucket(m)))
     if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and blocksize == TUNED_BLOCKSIZE:
         return tuned
     if m > MAX_SMALL_M:

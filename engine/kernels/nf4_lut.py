@@ -31,7 +31,7 @@ CONSTRAINTS = "=r,=r,=r,=r" + ",r" * 17  # fp16 even, odd (2 registers each); pa
 DOT_WORD_OPERANDS = ("$6", "$7", "$8", "$9")  # dot_program: one element a call
 DOT_CONSTRAINTS = "=r" + ",r" * 9  # fp32 dot; packed word; 4 x pairs; 4 table words
 PTX = {"and": "and.b32", "shl": "shl.b32", "shr": "shr.u32", "prmt": "prmt.b32", "lop3": "lop3.b32", "mov": "mov.b32",
-       "mul": "mul.rn.f16x2", "fma": "fma.rn.f16x2", "unpack": "mov.b32", "cvt": "cvt.f32.f16", "add": "add.f32"}  # fmt: skip
+       "mul": "mul.rn.f16x2", "fma": "fma.rn.f16x2", "unpack": "mov.b32", "cvt": "cvt.f32.f16", "add": "add.f32", "pack": "cvt.rn.f16x2.f32"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,21 @@ def dot_program(code: tuple[float, ...]) -> list[Instruction]:
     ]
 
 
+def pairs_program(code: tuple[float, ...]) -> list[Instruction]:
+    """$0..$3: the fp16 pairs (k = 2j low, 2j + 1 high) of bytes 0..3 of the packed word $4, times the fp32 scale
+    $5 (rounded to fp16); $6..$9 the table's REGISTER_WORDS."""
+    pairs = [
+        Instruction("prmt", f"p{byte}", (f"lo{byte // 2}", f"hi{byte // 2}", "0x6273" if byte % 2 else "0x4051"))
+        for byte in range(4)
+    ]
+    return [
+        *_lookup(code, "$4", DOT_WORD_OPERANDS),
+        *pairs,
+        Instruction("pack", "s2", ("$5", "$5")),
+        *[Instruction("mul", f"${byte}", (f"p{byte}", "s2")) for byte in range(4)],
+    ]
+
+
 def register_words(code: tuple[float, ...]) -> list[int]:
     """The table words the call takes as inputs, in WORD_OPERANDS order."""
     low_words, high_words = table_words(code)
@@ -153,6 +168,11 @@ def lut_asm(code: tuple[float, ...]) -> str:
     """The PTX of `program(code)` for `tl.inline_asm_elementwise(..., CONSTRAINTS, pack=4)` with inputs: the
     packed bytes, then each of `register_words(code)` as its own int32 tensor."""
     return _asm(program(code))
+
+
+@functools.lru_cache(maxsize=4)
+def pairs_asm(code: tuple[float, ...]) -> str:
+    return _asm(pairs_program(code))
 
 
 @functools.lru_cache(maxsize=4)
@@ -224,6 +244,8 @@ def run_program(instructions: list[Instruction], inputs: dict[str, int]) -> dict
             result = _half2(v[0], v[1], 0, lambda a, b, _: a * b)
         elif ins.op == "fma":
             result = _half2(v[0], v[1], v[2], lambda a, b, c: a * b + c)
+        elif ins.op == "pack":
+            result = _bits(_value(v[0], "f", 32), "e", 16) << 16 | _bits(_value(v[1], "f", 32), "e", 16)
         elif ins.op == "cvt":
             result = _bits(_value(v[0], "e", 16), "f", 32)
         else:

@@ -21,6 +21,7 @@ No host syncs and fixed-size allocations only: CUDA-graph capturable once the ti
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -32,14 +33,16 @@ import triton.language as tl
 from engine.kernels.lora_triton import expand_args, lora_delta_tile
 from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config, pick_config
-from engine.kernels.nf4_lut import CONSTRAINTS, DOT_CONSTRAINTS, dot_asm, lut_asm, register_words
+from engine.kernels.nf4_lut import CONSTRAINTS, DOT_CONSTRAINTS, dot_asm, lut_asm, pairs_asm, register_words
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter cannot run inline PTX
 TICKETS = 1 << 16
 _tickets: dict[torch.device, torch.Tensor] = {}
 _num_sms: dict[torch.device, int] = {}
+_gluon_ready: dict[torch.device, bool] = {}
 _code_derived: dict[tuple[str, torch.device, int], object] = {}
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 _NIBBLE_LOOKUP = tl.constexpr("{ .reg .b64 a; mad.wide.u32 a, $1, 4, $2; ld.global.nc.f32 $0, [a]; }")
@@ -293,6 +296,20 @@ def _tickets_for(device: torch.device) -> torch.Tensor:
     return tickets
 
 
+def gluon_ready(device: torch.device) -> bool:
+    """Whether the Gluon MMA tile runs here: a CUDA device with mma.sync (sm_80+) and a Triton with Gluon."""
+    if device not in _gluon_ready:
+        ok = not INTERPRETED and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+        if ok:
+            try:
+                import engine.kernels.nf4_mma_gluon  # noqa: F401
+            except ImportError as exc:
+                logger.info("Gluon NF4 tile unavailable (%s); the Triton tiles run instead", exc)
+                ok = False
+        _gluon_ready[device] = ok
+    return _gluon_ready[device]
+
+
 def num_sms(device: torch.device) -> int:
     if device not in _num_sms:
         _num_sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
@@ -313,7 +330,16 @@ def nf4_matmul_triton(
     """y [M, N] fp16 = x [M, K] fp16 @ W^T, plus the fused LoRA expand when `lora` is given."""
     m = x.shape[0]
     assert x.stride(1) == 1 and k % blocksize == 0 and blocksize % 2 == 0
-    cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device))
+    cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device), mma=lora is None and gluon_ready(x.device))
+    if cfg.gluon:
+        if lora is not None:
+            raise ValueError("config: the Gluon tile (gluon=True) fuses no LoRA expand")
+        from engine.kernels.nf4_mma_gluon import nf4_matmul_mma
+
+        if m == 0:
+            return torch.empty((0, n), dtype=torch.float16, device=x.device)
+        return nf4_matmul_mma(x, qweight, absmax, lut_words(code), pairs_asm(code_values(code)), n, k,
+                              _tickets_for(x.device), cfg)  # fmt: skip
     assert k % (cfg.split_k * cfg.block_k) == 0 and cfg.block_k % blocksize == 0, (cfg, k, blocksize)
     y = torch.empty((m, n), dtype=torch.float16, device=x.device)
     if m == 0:

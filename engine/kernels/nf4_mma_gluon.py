@@ -1,0 +1,189 @@
+"""Gluon NF4 matmul for 2-16 rows of x: the dequantized weights go from registers straight into `mma.sync`.
+
+The weight is the MMA's first operand (y^T = W x^T), x the second, its rows the MMA's N (8 or 16). Each lane
+loads whole packed int32 words (8 weights) in the layout of the first operand with k_width 8, which holds 8
+consecutive k of a row per lane: inside each 128-k step the kernel's k order is permuted (logical k' = 32j + 8t
++ i holds physical k = 32t + 8j + i, t = lane % 4), so lane t's four words are contiguous (one 16-byte load per
+row) and x is read with the same permutation. One PTX call per word (nf4_lut.pairs_program) looks its 8 codes
+up, scales them by the block's absmax in fp16 and returns them as 4 fp16 pairs; `join`s, a `reshape` and a
+no-op `mov` make them fp16 elements in the operand's layout, so the conversion to the MMA operand moves nothing
+(no shared memory). Each warp holds T row tiles of 16 that share its x fragment. Split-K partials go through a
+workspace and an atomic ticket per tile, summed in a fixed order by the tile's last program (deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+from engine.kernels.nf4_configs import Nf4Config
+
+STEP = 128  # k per step: 16 words per row, 4 per lane
+STEP_K = gl.constexpr(STEP)
+_LOAD_F32 = gl.constexpr("ld.global.nc.f32 $0, [$1];")
+_PAIRS_CONSTRAINTS = gl.constexpr("=r,=r,=r,=r,r,r,r,r,r,r")
+_MOV = gl.constexpr("mov.b32 $0, $1;")
+
+
+def word_layout(warps: int, tiles: int) -> gl.DistributedLinearLayout:
+    """[16 * tiles * warps rows, 16 words]: lane (g, t) holds words 4t..4t+3 of rows g and g + 8 of each of its
+    warp's row tiles, in the order of mma v2's first operand (k_width 8) after the k permutation."""
+    rows = 16 * tiles * warps
+    return gl.DistributedLinearLayout(
+        reg_bases=[[8, 0], [0, 1], [0, 2]] + [[16 * warps << i, 0] for i in range(tiles.bit_length() - 1)],
+        lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[[16 << i, 0] for i in range(warps.bit_length() - 1)],
+        block_bases=[],
+        shape=[rows, 16],
+    )
+
+
+def x_layout(warps: int, nx: int) -> gl.DistributedLinearLayout:
+    """[nx, 64] int32 fp16 pairs of x's rows per step: lane (n, t) holds pairs 16t..16t+15 of row n (physical k
+    32t..32t+31, four 16-byte loads), every warp the same."""
+    return gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8]] + ([[8, 0]] if nx == 16 else []),
+        lane_bases=[[0, 16], [0, 32], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[[0, 0]] * (warps.bit_length() - 1),
+        block_bases=[],
+        shape=[nx, 64],
+    )
+
+
+@gluon.jit
+def _nf4_mma_kernel(
+    x_ptr, q_ptr, absmax_ptr, table_ptr, y_ptr, ws_ptr, ticket_ptr,
+    M, N, K, stride_xm, stride_ym, k_per_split, split_k,
+    ROWS: gl.constexpr, NX: gl.constexpr, WORDS: gl.constexpr, X: gl.constexpr, WARPS: gl.constexpr, IS_SPLIT: gl.constexpr,
+    PAIRS_ASM: gl.constexpr, PREFETCH: gl.constexpr,
+):  # fmt: skip
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=8)
+    b_layout: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=8)
+    pid_n = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    row0 = pid_n * ROWS
+    # the weight words: [ROWS, 16] per step
+    rows = (row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, WORDS))) % N
+    offs_w = gl.arange(0, 16, layout=gl.SliceLayout(0, WORDS))
+    k_words = K // 8
+    word_ptrs = q_ptr + gl.expand_dims(rows * k_words, 1) + gl.expand_dims(offs_w, 0)  # [ROWS, 16]
+    scale_ptrs = absmax_ptr + gl.expand_dims(rows * (K // 64), 1) + gl.expand_dims(offs_w // 8, 0)
+    same = gl.expand_dims(offs_w * 0, 0) + gl.expand_dims(rows * 0, 1)
+    v0 = gl.load(table_ptr + same)
+    v1 = gl.load(table_ptr + 1 + same)
+    v2 = gl.load(table_ptr + 2 + same)
+    v3 = gl.load(table_ptr + 3 + same)
+    # x: [NX, 64] fp16 pairs per step in physical k order (made the second operand in _step); rows past M repeat
+    # row M - 1, whose products are never stored
+    nn = gl.arange(0, NX, layout=gl.SliceLayout(1, X))
+    x_ptrs = (
+        x_ptr
+        + gl.expand_dims(gl.minimum(nn, M - 1) * stride_xm, 1)
+        + gl.expand_dims(gl.arange(0, 64, layout=gl.SliceLayout(0, X)), 0)
+    )
+    acc = gl.zeros([ROWS, NX], gl.float32, layout=mma)
+    k_begin = pid_k * k_per_split
+    k_last = k_begin + k_per_split - STEP_K
+    if PREFETCH:  # each step's operands are loaded one step ahead (the last step loads itself again)
+        words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, k_begin)
+        for k0 in range(k_begin, k_begin + k_per_split, STEP_K):
+            next_words, next_scale, next_xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs,
+                                                             gl.minimum(k0 + STEP_K, k_last))  # fmt: skip
+            acc = _step(words, scale, xt, v0, v1, v2, v3, acc, a_layout, b_layout, ROWS, PAIRS_ASM)
+            words, scale, xt = next_words, next_scale, next_xt
+    else:
+        for k0 in range(k_begin, k_begin + k_per_split, STEP_K):
+            words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0)
+            acc = _step(words, scale, xt, v0, v1, v2, v3, acc, a_layout, b_layout, ROWS, PAIRS_ASM)
+    out_rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma))
+    out_m = gl.arange(0, NX, layout=gl.SliceLayout(0, mma))
+    if IS_SPLIT:
+        tile_offs = gl.expand_dims(gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)) * NX, 1) + gl.expand_dims(out_m, 0)
+        tile_ws = ws_ptr + pid_n * split_k * (ROWS * NX)
+        gl.store(tile_ws + pid_k * (ROWS * NX) + tile_offs, acc)
+        gl.thread_barrier()
+        ticket = gl.atomic_add(ticket_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == split_k - 1:
+            total = gl.zeros([ROWS, NX], gl.float32, layout=mma)
+            for s in range(split_k):
+                total += gl.load(tile_ws + s * (ROWS * NX) + tile_offs, cache_modifier=".cg")
+            _store(total, y_ptr, out_rows, out_m, M, N, stride_ym)
+            gl.atomic_xchg(ticket_ptr + pid_n, 0)
+    else:
+        _store(acc, y_ptr, out_rows, out_m, M, N, stride_ym)
+
+
+@gluon.jit
+def _step(words, scale, xt, v0, v1, v2, v3, acc, a_layout: gl.constexpr, b_layout: gl.constexpr, ROWS: gl.constexpr,
+          PAIRS_ASM: gl.constexpr):  # fmt: skip
+    # acc [ROWS, NX] += the step's weights (looked up, scaled, in the first operand's layout) x its x
+    p0, p1, p2, p3 = gl.inline_asm_elementwise(PAIRS_ASM, _PAIRS_CONSTRAINTS, [words, scale, v0, v1, v2, v3],
+                                               dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True,
+                                               pack=1)  # fmt: skip
+    pairs = gl.reshape(gl.join(gl.join(p0, p2), gl.join(p1, p3)), [ROWS, 64])  # pair b of word w at 4w + b
+    a = gl.convert_layout(_logical_k(_as_fp16(pairs)), a_layout, assert_trivial=True)
+    b = gl.convert_layout(gl.permute(_logical_k(_as_fp16(xt)), [1, 0]), b_layout, assert_trivial=True)
+    return mma_v2(a, b, acc)
+
+
+@gluon.jit
+def _as_fp16(pairs):
+    # [R, C] int32 fp16 pairs -> [R, 2C] fp16, no data movement: each pair duplicated, then one no-op mov per pair
+    r: gl.constexpr = pairs.shape[0]
+    c: gl.constexpr = pairs.shape[1]
+    dup = gl.reshape(gl.join(pairs, pairs), [r, 2 * c])
+    return gl.inline_asm_elementwise(_MOV, "=r,r,r", [dup], dtype=gl.float16, is_pure=True, pack=2)
+
+
+@gluon.jit
+def _logical_k(t):
+    # [R, 128] in physical k order -> the same registers indexed by k' (physical 32t + 8j + i is k' = 32j + 8t + i)
+    r: gl.constexpr = t.shape[0]
+    return gl.reshape(gl.permute(gl.reshape(t, [r, 4, 4, 8]), [0, 2, 1, 3]), [r, STEP_K])
+
+
+@gluon.jit
+def _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0):
+    # the step at k0: words [ROWS, 16] int32, their absmax [ROWS, 16] fp32 (one read per block and lane), x
+    words = gl.load(word_ptrs + k0 // 8)
+    scale = gl.inline_asm_elementwise(_LOAD_F32, "=r,l", [(scale_ptrs + k0 // 64).to(gl.int64, bitcast=True)],
+                                      dtype=gl.float32, is_pure=True, pack=1)  # fmt: skip
+    xt = gl.load(x_ptrs + k0 // 2)  # [NX, 64] int32: fp16 pairs in physical k order
+    return words, scale, xt
+
+
+@gluon.jit
+def _store(acc, y_ptr, out_rows, out_m, M, N, stride_ym):
+    # acc: [ROWS, NX] = y^T tile
+    ptrs = y_ptr + gl.expand_dims(out_m * stride_ym, 0) + gl.expand_dims(out_rows, 1)
+    mask = gl.expand_dims(out_m < M, 0) & gl.expand_dims(out_rows < N, 1)
+    gl.store(ptrs, acc.to(gl.float16), mask=mask)
+
+
+def nf4_matmul_mma(
+    x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, pairs_asm: str, n: int, k: int,
+    tickets: torch.Tensor, cfg: Nf4Config,
+) -> torch.Tensor:  # fmt: skip
+    """y [M, N] fp16 = x [M, K] fp16 @ W^T for M <= cfg.block_m, absmax blocks of 64; `table`: the register
+    table's words (nf4_triton.lut_words), `tickets`: the split-K ticket buffer (zeros, reset after each use)."""
+    m = x.shape[0]
+    assert cfg.gluon and 1 <= m <= cfg.block_m and k % (STEP * cfg.split_k) == 0 and x.stride(1) == 1, (cfg, m, k)
+    if x.stride(0) % 2 or x.storage_offset() % 2:  # x is read as int32 fp16 pairs
+        x = x.clone(memory_format=torch.contiguous_format)
+    y = torch.empty((m, n), dtype=torch.float16, device=x.device)
+    grid = (-(-n // cfg.block_n), cfg.split_k)
+    assert grid[0] <= tickets.numel(), "too many split-K tiles for the ticket buffer"
+    tile = cfg.block_n * cfg.block_m
+    ws = torch.empty((grid[0] * cfg.split_k * tile,), dtype=torch.float32, device=x.device) if cfg.split_k > 1 else y
+    tiles = cfg.block_n // (16 * cfg.num_warps)
+    _nf4_mma_kernel[grid](
+        x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, ws, tickets,
+        m, n, k, x.stride(0) // 2, y.stride(0), k // cfg.split_k, cfg.split_k,
+        ROWS=cfg.block_n, NX=cfg.block_m, WORDS=word_layout(cfg.num_warps, tiles), X=x_layout(cfg.num_warps, cfg.block_m),
+        WARPS=cfg.num_warps, IS_SPLIT=cfg.split_k > 1, PAIRS_ASM=pairs_asm, PREFETCH=cfg.num_stages == 2,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return y
