@@ -99,11 +99,6 @@ def test_gluon_mma_tile_matches_fp32_reference(cfg: Nf4Config, m: int) -> None:
     assert _rel(got, x.float() @ reference.float().t()) < 1e-3
     assert torch.equal(got, nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg)), "deterministic"
     assert int(_tickets[x.device].abs().sum()) == 0, "split-K tickets must be reset for the next call"
-    lora = LoraExpand(torch.zeros(m, 1, 8, device=DEVICE), torch.zeros(m, dtype=torch.int32, device=DEVICE),
-                      torch.zeros(1, 8, n, dtype=torch.float16, device=DEVICE), torch.ones(1, device=DEVICE),
-                      torch.ones(1, dtype=torch.int32, device=DEVICE))  # fmt: skip
-    with pytest.raises(ValueError, match="fuses no LoRA"):
-        nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg, lora=lora)
 
 
 @pytest.mark.parametrize("blocksize", [32, 128])
@@ -116,8 +111,14 @@ def test_matmul_with_other_absmax_blocks_matches_reference(blocksize: int, m: in
     assert _rel(got, x.float() @ reference.float().t()) < 1e-3
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[8]], ids=["tensor cores", "one row"])
+@pytest.mark.parametrize(
+    "cfg",
+    [CONFIGS[1], CONFIGS[8], GLUON_CONFIGS[0], GLUON_CONFIGS[1]],
+    ids=["tensor cores", "one row", "gluon", "gluon split"],
+)
 def test_lora_shrink_expand_and_fused_epilogue_match_reference(cfg: Nf4Config) -> None:
+    if cfg.gluon and not gluon_ready(DEVICE):
+        pytest.skip("the Gluon tile needs CUDA (sm_80+) and Triton's Gluon")
     s, r, k, n, m = 3, 16, 256, 80, 5
     gen = torch.Generator().manual_seed(2)
     a_stack = (torch.randn(s, r, k, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
@@ -156,9 +157,10 @@ def test_lora_segments_of_a_fused_projection(r: int) -> None:
     assert _rel(got - y0, expected - y0.float()) < 2e-3
     qweight, absmax, code, reference = _weight(n, k, seed=4)
     lora = LoraExpand(t, slot_ids, b_stack, scales, ranks, segments)
-    fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=Nf4Config(block_n=64, block_k=64), lora=lora)
     base = (x.float() @ reference.float().t()).to(torch.float16)
-    assert _rel(fused, lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float(), segments)) < 1e-3
+    want = lora_reference(x, slot_ids, a_stack, b_stack, scales, ranks, base.float(), segments)
+    for cfg in [Nf4Config(block_n=64, block_k=64)] + GLUON_CONFIGS[:1] * gluon_ready(DEVICE):
+        assert _rel(nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg, lora=lora), want) < 1e-3, cfg
 
 
 @pytest.mark.parametrize("m", [1, 5, ONE_PASS_MAX_ROWS])

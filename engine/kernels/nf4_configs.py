@@ -107,7 +107,7 @@ TUNED: dict[tuple[int, int, int], Nf4Config] = {
 }
 
 
-# M = 2..8 without a fused LoRA expand, where Gluon runs: the register-fed MMA tile (docs/KERNELS.md, run 11).
+# M = 2..8 where Gluon runs: the register-fed MMA tile (docs/KERNELS.md, run 11).
 TUNED_MMA: dict[tuple[int, int, int], Nf4Config] = {
     **{(6144, 4096, m): _mma(64, 8, 2, prefetch=True) for m in (2, 4, 8)},
     **{(4096, 4096, m): _mma(64, 8, 4, prefetch=False) for m in (2, 4, 8)},

@@ -8,7 +8,8 @@ row) and x is read with the same permutation. One PTX call per word (nf4_lut.pai
 up, scales them by the block's absmax in fp16 and returns them as 4 fp16 pairs; `join`s, a `reshape` and a
 no-op `mov` make them fp16 elements in the operand's layout, so the conversion to the MMA operand moves nothing
 (no shared memory). Each warp holds T row tiles of 16 that share its x fragment. Split-K partials go through a
-workspace and an atomic ticket per tile, summed in a fixed order by the tile's last program (deterministic).
+workspace and an atomic ticket per tile, summed in a fixed order by the tile's last program (deterministic). A fused
+LoRA expand goes into the first split's partial, as in nf4_triton.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
+from engine.kernels.lora_triton import expand_args
+from engine.kernels.lora_types import LoraExpand
 from engine.kernels.nf4_configs import Nf4Config
 
 STEP = 128  # k per step: 16 words per row, 4 per lane
@@ -55,9 +58,11 @@ def x_layout(warps: int, nx: int) -> gl.DistributedLinearLayout:
 @gluon.jit
 def _nf4_mma_kernel(
     x_ptr, q_ptr, absmax_ptr, table_ptr, y_ptr, ws_ptr, ticket_ptr,
-    M, N, K, stride_xm, stride_ym, k_per_split, split_k,
+    t_ptr, slot_ptr, b_ptr, lora_scale_ptr, rank_ptr,
+    M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, seg1, seg2,
     ROWS: gl.constexpr, NX: gl.constexpr, WORDS: gl.constexpr, X: gl.constexpr, WARPS: gl.constexpr, IS_SPLIT: gl.constexpr,
-    PAIRS_ASM: gl.constexpr, PREFETCH: gl.constexpr,
+    PAIRS_ASM: gl.constexpr, PREFETCH: gl.constexpr, HAS_LORA: gl.constexpr, BLOCK_R: gl.constexpr,
+    NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr,
 ):  # fmt: skip
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=8)
@@ -100,6 +105,11 @@ def _nf4_mma_kernel(
             acc = _step(words, scale, xt, v0, v1, v2, v3, acc, a_layout, b_layout, ROWS, PAIRS_ASM)
     out_rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma))
     out_m = gl.arange(0, NX, layout=gl.SliceLayout(0, mma))
+    # the first split's partial carries the LoRA expand; HAS_LORA is resolved at compile time, pid_k at run time
+    if HAS_LORA:  # noqa: SIM102
+        if pid_k == 0:
+            acc += _lora_delta(t_ptr, slot_ptr, b_ptr, lora_scale_ptr, rank_ptr, out_rows, out_m, row0, M, N, lora_r,
+                               seg1, seg2, ROWS, NX, mma, BLOCK_R, NUM_SEG, T_SPLITS)  # fmt: skip
     if IS_SPLIT:
         tile_offs = gl.expand_dims(gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)) * NX, 1) + gl.expand_dims(out_m, 0)
         tile_ws = ws_ptr + pid_n * split_k * (ROWS * NX)
@@ -156,6 +166,36 @@ def _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0):
 
 
 @gluon.jit
+def _lora_delta(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, rows, cols, row0, M, N, R, seg1, seg2,
+                ROWS: gl.constexpr, NX: gl.constexpr, LAYOUT: gl.constexpr, BLOCK_R: gl.constexpr,
+                NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr):  # fmt: skip
+    """[ROWS, NX] in the accumulator's layout: scale_s * t[m, g*R : g*R + r_s] . B_s[:r_s, row] for column m of x,
+    s = slot_ids[m], g the segment of row0 (lora_triton.lora_delta_tile's math, rank by rank). t's T_SPLITS partial
+    sums load along the tile's rows (T_SPLITS <= ROWS) and reduce over them."""
+    active = gl.load(slot_ptr + cols, mask=cols < M, other=-1) >= 0
+    s = gl.where(active, gl.load(slot_ptr + cols, mask=cols < M, other=0), 0)  # [NX]
+    rank = gl.load(rank_ptr + s, mask=active, other=0)
+    scale = gl.load(scale_ptr + s, mask=active, other=0.0)
+    seg = 0
+    if NUM_SEG > 1:
+        seg += (row0 >= seg1).to(gl.int32)
+    if NUM_SEG > 2:
+        seg += (row0 >= seg2).to(gl.int32)
+    splits = rows - row0  # [ROWS]: partial sum i of t on row i of the tile
+    t_ptrs = t_ptr + (gl.expand_dims(cols * T_SPLITS, 0) + gl.expand_dims(splits, 1)) * (NUM_SEG * R) + seg * R
+    t_in = gl.expand_dims(splits < T_SPLITS, 1)
+    b_ptrs = b_ptr + gl.expand_dims(s * (N * R), 0) + gl.expand_dims(rows, 1)  # [ROWS, NX]
+    row_in = gl.expand_dims(rows < N, 1)
+    delta = gl.zeros([ROWS, NX], gl.float32, layout=LAYOUT)
+    for r in gl.static_range(BLOCK_R):
+        r_ok = gl.expand_dims(active & (r < rank), 0)  # [1, NX]
+        t_r = gl.sum(gl.load(t_ptrs + r, mask=t_in & r_ok, other=0.0), axis=0)  # [NX]
+        b_r = gl.load(b_ptrs + r * N, mask=row_in & r_ok, other=0.0)
+        delta += gl.expand_dims(t_r, 0) * b_r.to(gl.float32)
+    return delta * gl.expand_dims(scale, 0)
+
+
+@gluon.jit
 def _store(acc, y_ptr, out_rows, out_m, M, N, stride_ym):
     # acc: [ROWS, NX] = y^T tile
     ptrs = y_ptr + gl.expand_dims(out_m * stride_ym, 0) + gl.expand_dims(out_rows, 1)
@@ -165,12 +205,14 @@ def _store(acc, y_ptr, out_rows, out_m, M, N, stride_ym):
 
 def nf4_matmul_mma(
     x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, pairs_asm: str, n: int, k: int,
-    tickets: torch.Tensor, cfg: Nf4Config,
+    tickets: torch.Tensor, cfg: Nf4Config, lora: LoraExpand | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """y [M, N] fp16 = x [M, K] fp16 @ W^T for M <= cfg.block_m, absmax blocks of 64; `table`: the register
-    table's words (nf4_triton.lut_words), `tickets`: the split-K ticket buffer (zeros, reset after each use)."""
+    """y [M, N] fp16 = x [M, K] fp16 @ W^T (+ the fused LoRA expand) for M <= cfg.block_m, absmax blocks of 64;
+    `table`: the register table's words (nf4_triton.lut_words), `tickets`: the split-K ticket buffer (zeros, reset
+    after each use)."""
     m = x.shape[0]
     assert cfg.gluon and 1 <= m <= cfg.block_m and k % (STEP * cfg.split_k) == 0 and x.stride(1) == 1, (cfg, m, k)
+    assert lora is None or lora.t.shape[1] <= cfg.block_n, "the expand's partial sums load along the tile's rows"
     if x.stride(0) % 2 or x.storage_offset() % 2:  # x is read as int32 fp16 pairs
         x = x.clone(memory_format=torch.contiguous_format)
     y = torch.empty((m, n), dtype=torch.float16, device=x.device)
@@ -178,12 +220,13 @@ def nf4_matmul_mma(
     assert grid[0] <= tickets.numel(), "too many split-K tiles for the ticket buffer"
     tile = cfg.block_n * cfg.block_m
     ws = torch.empty((grid[0] * cfg.split_k * tile,), dtype=torch.float32, device=x.device) if cfg.split_k > 1 else y
+    lora_args, lora_consts = expand_args(lora, y, cfg.block_n)
     tiles = cfg.block_n // (16 * cfg.num_warps)
     _nf4_mma_kernel[grid](
-        x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, ws, tickets,
-        m, n, k, x.stride(0) // 2, y.stride(0), k // cfg.split_k, cfg.split_k,
+        x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, ws, tickets, *lora_args[:5],
+        m, n, k, x.stride(0) // 2, y.stride(0), k // cfg.split_k, cfg.split_k, *lora_args[5:],
         ROWS=cfg.block_n, NX=cfg.block_m, WORDS=word_layout(cfg.num_warps, tiles), X=x_layout(cfg.num_warps, cfg.block_m),
         WARPS=cfg.num_warps, IS_SPLIT=cfg.split_k > 1, PAIRS_ASM=pairs_asm, PREFETCH=cfg.num_stages == 2,
-        num_warps=cfg.num_warps,
+        **lora_consts, num_warps=cfg.num_warps,
     )  # fmt: skip
     return y

@@ -330,16 +330,14 @@ def nf4_matmul_triton(
     """y [M, N] fp16 = x [M, K] fp16 @ W^T, plus the fused LoRA expand when `lora` is given."""
     m = x.shape[0]
     assert x.stride(1) == 1 and k % blocksize == 0 and blocksize % 2 == 0
-    cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device), mma=lora is None and gluon_ready(x.device))
+    cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device), mma=gluon_ready(x.device))
     if cfg.gluon:
-        if lora is not None:
-            raise ValueError("config: the Gluon tile (gluon=True) fuses no LoRA expand")
         from engine.kernels.nf4_mma_gluon import nf4_matmul_mma
 
         if m == 0:
             return torch.empty((0, n), dtype=torch.float16, device=x.device)
         return nf4_matmul_mma(x, qweight, absmax, lut_words(code), pairs_asm(code_values(code)), n, k,
-                              _tickets_for(x.device), cfg)  # fmt: skip
+                              _tickets_for(x.device), cfg, lora)  # fmt: skip
     assert k % (cfg.split_k * cfg.block_k) == 0 and cfg.block_k % blocksize == 0, (cfg, k, blocksize)
     y = torch.empty((m, n), dtype=torch.float16, device=x.device)
     if m == 0:
