@@ -109,10 +109,10 @@ TUNED: dict[tuple[int, int, int], Nf4Config] = {
 
 # M = 2..8 where Gluon runs: the register-fed MMA tile (docs/KERNELS.md, run 11).
 TUNED_MMA: dict[tuple[int, int, int], Nf4Config] = {
-    **{(6144, 4096, m): _mma(64, 8, 2, prefetch=True) for m in (2, 4, 8)},
-    **{(4096, 4096, m): _mma(64, 8, 4, prefetch=False) for m in (2, 4, 8)},
-    **{(28672, 4096, m): _mma(64, 2, 2, prefetch=True) for m in (2, 4, 8)},
-    **{(4096, 14336, m): _mma(128, 16, 4, prefetch=True) for m in (2, 4, 8)},
+    **{(6144, 4096, m): _mma(128, 8, 8, prefetch=True) for m in (2, 4, 8)},
+    **{(4096, 4096, m): _mma(128, 8, 8, prefetch=True) for m in (2, 4, 8)},
+    **{(28672, 4096, m): _mma(128, 4, 4, prefetch=True) for m in (2, 4, 8)},
+    **{(4096, 14336, m): _mma(256, 16, 8, prefetch=True) for m in (2, 4, 8)},
 }
 
 

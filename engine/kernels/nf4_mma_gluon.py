@@ -28,6 +28,7 @@ STEP_K = gl.constexpr(STEP)
 _LOAD_F32 = gl.constexpr("ld.global.nc.f32 $0, [$1];")
 _PAIRS_CONSTRAINTS = gl.constexpr("=r,=r,=r,=r,r,r,r,r,r,r")
 _MOV = gl.constexpr("mov.b32 $0, $1;")
+_LOAD_V4 = gl.constexpr("ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];")
 
 
 def word_layout(warps: int, tiles: int) -> gl.DistributedLinearLayout:
@@ -35,7 +36,7 @@ def word_layout(warps: int, tiles: int) -> gl.DistributedLinearLayout:
     warp's row tiles, in the order of mma v2's first operand (k_width 8) after the k permutation."""
     rows = 16 * tiles * warps
     return gl.DistributedLinearLayout(
-        reg_bases=[[8, 0], [0, 1], [0, 2]] + [[16 * warps << i, 0] for i in range(tiles.bit_length() - 1)],
+        reg_bases=[[0, 1], [0, 2], [8, 0]] + [[16 * warps << i, 0] for i in range(tiles.bit_length() - 1)],
         lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
         warp_bases=[[16 << i, 0] for i in range(warps.bit_length() - 1)],
         block_bases=[],
@@ -59,7 +60,7 @@ def x_layout(warps: int, nx: int) -> gl.DistributedLinearLayout:
 def _nf4_mma_kernel(
     x_ptr, q_ptr, absmax_ptr, table_ptr, y_ptr, ws_ptr, ticket_ptr,
     t_ptr, slot_ptr, b_ptr, lora_scale_ptr, rank_ptr,
-    M, N, K, stride_xm, stride_ym, k_per_split, split_k, lora_r, seg1, seg2,
+    M, N, K, k_words, stride_xm, stride_ym, steps_per_split, split_k, lora_r, seg1, seg2,
     ROWS: gl.constexpr, NX: gl.constexpr, WORDS: gl.constexpr, X: gl.constexpr, WARPS: gl.constexpr, IS_SPLIT: gl.constexpr,
     PAIRS_ASM: gl.constexpr, PREFETCH: gl.constexpr, HAS_LORA: gl.constexpr, BLOCK_R: gl.constexpr,
     NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr,
@@ -73,7 +74,6 @@ def _nf4_mma_kernel(
     # the weight words: [ROWS, 16] per step
     rows = (row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, WORDS))) % N
     offs_w = gl.arange(0, 16, layout=gl.SliceLayout(0, WORDS))
-    k_words = K // 8
     word_ptrs = q_ptr + gl.expand_dims(rows * k_words, 1) + gl.expand_dims(offs_w, 0)  # [ROWS, 16]
     scale_ptrs = absmax_ptr + gl.expand_dims(rows * (K // 64), 1) + gl.expand_dims(offs_w // 8, 0)
     same = gl.expand_dims(offs_w * 0, 0) + gl.expand_dims(rows * 0, 1)
@@ -90,18 +90,18 @@ def _nf4_mma_kernel(
         + gl.expand_dims(gl.arange(0, 64, layout=gl.SliceLayout(0, X)), 0)
     )
     acc = gl.zeros([ROWS, NX], gl.float32, layout=mma)
-    k_begin = pid_k * k_per_split
-    k_last = k_begin + k_per_split - STEP_K
-    if PREFETCH:  # each step's operands are loaded one step ahead (the last step loads itself again)
-        words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, k_begin)
-        for k0 in range(k_begin, k_begin + k_per_split, STEP_K):
-            next_words, next_scale, next_xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs,
-                                                             gl.minimum(k0 + STEP_K, k_last))  # fmt: skip
+    # steps, not k, count the loop, so that every step's loads are known to be 16-byte aligned
+    s_begin = pid_k * steps_per_split
+    if PREFETCH:  # each step's operands are loaded one step ahead
+        words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, s_begin * STEP_K)
+        for step in range(s_begin + 1, s_begin + steps_per_split):
+            next_words, next_scale, next_xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, step * STEP_K)
             acc = _step(words, scale, xt, v0, v1, v2, v3, acc, a_layout, b_layout, ROWS, PAIRS_ASM)
             words, scale, xt = next_words, next_scale, next_xt
+        acc = _step(words, scale, xt, v0, v1, v2, v3, acc, a_layout, b_layout, ROWS, PAIRS_ASM)
     else:
-        for k0 in range(k_begin, k_begin + k_per_split, STEP_K):
-            words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0)
+        for step in range(s_begin, s_begin + steps_per_split):
+            words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, step * STEP_K)
             acc = _step(words, scale, xt, v0, v1, v2, v3, acc, a_layout, b_layout, ROWS, PAIRS_ASM)
     out_rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma))
     out_m = gl.arange(0, NX, layout=gl.SliceLayout(0, mma))
@@ -161,7 +161,9 @@ def _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0):
     words = gl.load(word_ptrs + k0 // 8)
     scale = gl.inline_asm_elementwise(_LOAD_F32, "=r,l", [(scale_ptrs + k0 // 64).to(gl.int64, bitcast=True)],
                                       dtype=gl.float32, is_pure=True, pack=1)  # fmt: skip
-    xt = gl.load(x_ptrs + k0 // 2)  # [NX, 64] int32: fp16 pairs in physical k order
+    # x: [NX, 64] int32 fp16 pairs in physical k order, 16-byte loads (a plain load of this layout got 4-byte ones)
+    xt = gl.inline_asm_elementwise(_LOAD_V4, "=r,=r,=r,=r,l,l,l,l", [(x_ptrs + k0 // 2).to(gl.int64, bitcast=True)],
+                                   dtype=gl.int32, is_pure=True, pack=4)  # fmt: skip
     return words, scale, xt
 
 
@@ -213,7 +215,7 @@ def nf4_matmul_mma(
     m = x.shape[0]
     assert cfg.gluon and 1 <= m <= cfg.block_m and k % (STEP * cfg.split_k) == 0 and x.stride(1) == 1, (cfg, m, k)
     assert lora is None or lora.t.shape[1] <= cfg.block_n, "the expand's partial sums load along the tile's rows"
-    if x.stride(0) % 2 or x.storage_offset() % 2:  # x is read as int32 fp16 pairs
+    if x.stride(0) % 8 or x.data_ptr() % 16:  # x is read as int32 fp16 pairs, 16 bytes at a time
         x = x.clone(memory_format=torch.contiguous_format)
     y = torch.empty((m, n), dtype=torch.float16, device=x.device)
     grid = (-(-n // cfg.block_n), cfg.split_k)
@@ -224,7 +226,7 @@ def nf4_matmul_mma(
     tiles = cfg.block_n // (16 * cfg.num_warps)
     _nf4_mma_kernel[grid](
         x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, ws, tickets, *lora_args[:5],
-        m, n, k, x.stride(0) // 2, y.stride(0), k // cfg.split_k, cfg.split_k, *lora_args[5:],
+        m, n, k, k // 8, x.stride(0) // 2, y.stride(0), k // (STEP * cfg.split_k), cfg.split_k, *lora_args[5:],
         ROWS=cfg.block_n, NX=cfg.block_m, WORDS=word_layout(cfg.num_warps, tiles), X=x_layout(cfg.num_warps, cfg.block_m),
         WARPS=cfg.num_warps, IS_SPLIT=cfg.split_k > 1, PAIRS_ASM=pairs_asm, PREFETCH=cfg.num_stages == 2,
         **lora_consts, num_warps=cfg.num_warps,
