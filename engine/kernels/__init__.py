@@ -1,6 +1,7 @@
 """Fast kernels for the decode hot path: NF4 small-M matmul and multi-LoRA shrink/expand.
 
-Every function runs Triton kernels for CUDA tensors and the plain-torch reference on any other device.
+Every function runs Triton kernels (for 2-8 rows of the NF4 matmul, a Gluon one where Triton has Gluon) for CUDA
+tensors and the plain-torch reference on any other device.
 NF4 weights are bitsandbytes' packed layout (`quantize_4bit(W [N, K], quant_type="nf4", blocksize=64,
 compress_statistics=False)`): qweight uint8, absmax fp32 [N*K/64], code fp32 [16].
 

@@ -12,6 +12,8 @@ packed bytes of BLOCK_K / GROUP absmax blocks of BLOCK_N rows once.
   fp32. Lookups 1 and 3 read the 16-entry table from memory (L1-resident) into a [BLOCK_N, blocks, 32] tile and
   keep even and odd k apart, multiplied with the even and odd columns of x.
 Lookup 0 is the interpreter's: plain gathers where the GPU runs inline PTX.
+Where Gluon runs (`gluon_ready`), 2-8 rows go to nf4_mma_gluon.py's register-fed MMA tile instead (a config with
+gluon=True, picked from nf4_configs.TUNED_MMA).
 Split-K partials go to a workspace; the last program to finish a tile (an atomic ticket per
 tile, reset by that program) sums them in a fixed order, so results are deterministic. The fused LoRA expand goes
 into the first split's partial.
