@@ -62,9 +62,10 @@ def _held(eng: Engine) -> list[torch.Tensor]:
 def test_a_park_moves_every_held_tensor_and_generation_is_unchanged_after(engine):
     before = [r.token_ids for r in engine.generate([PROMPT, PROMPT], GREEDY, adapters=[None, "writer"])]
     assert before[0] != before[1], "the adapter must change the output"
-    pointers = [t.data_ptr() for t in _held(engine)]
 
     def park() -> list[bool]:
+        # the addresses just before this park: a later park may reuse the ones an earlier park freed
+        pointers = [t.data_ptr() for t in _held(engine)]
         with engine.parked():
             moved = [t.data_ptr() != p for t, p in zip(_held(engine), pointers, strict=True)]
         return moved
