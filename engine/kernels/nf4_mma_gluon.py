@@ -1,4 +1,4 @@
-"""Gluon NF4 matmul for 2-16 rows of x: the dequantized weights go from registers straight into `mma.sync`.
+"""Gluon NF4 matmul for up to 16 rows of x (picked for 2-8): the weights go from registers into `mma.sync`.
 
 The weight is the MMA's first operand (y^T = W x^T), x the second, its rows the MMA's N (8 or 16). Each lane
 loads whole packed int32 words (8 weights) in the layout of the first operand with k_width 8, which holds 8
