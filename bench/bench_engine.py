@@ -220,15 +220,16 @@ def gpu_parity(device: str, root: Path, kernels: str) -> dict:
 
 
 def use_tuned(path: Path) -> None:
-    """Each shape's M = 1 winner of a kernel sweep for every M bucket up to 16 (the register-table tile pads the
-    batch to 16 columns, so its time does not depend on M)."""
-    from engine.kernels.nf4_configs import MAX_SMALL_M, TUNED, Nf4Config
+    """The winners of a `bench_kernels --sweep` JSON replace the NF4 launch tables (TUNED, and TUNED_MMA for the
+    Gluon tile) for their shapes and M buckets."""
+    from engine.kernels.nf4_configs import TUNED, TUNED_MMA, Nf4Config
 
-    for key, fields in json.loads(path.read_text())["tuned"].items():
-        n, k, _ = (int(v) for v in key.split(","))
-        for m in (1 << i for i in range(MAX_SMALL_M.bit_length())):
-            TUNED[(n, k, m)] = Nf4Config(**fields)
-        print(f"tuned ({n}, {k}): {Nf4Config(**fields)}", flush=True)
+    report = json.loads(path.read_text())
+    for name, table in (("tuned", TUNED), ("tuned_mma", TUNED_MMA)):
+        for key, fields in report.get(name, {}).items():
+            n, k, m = (int(v) for v in key.split(","))
+            table[(n, k, m)] = Nf4Config(**fields)
+            print(f"{name} ({n}, {k}, {m}): {table[(n, k, m)]}", flush=True)
 
 
 def commit() -> str:
@@ -270,7 +271,7 @@ def main() -> None:
         "--tuned",
         type=Path,
         default=None,
-        help="a bench_kernels --sweep --sweep-m 1 JSON: its winners replace the NF4 launch table",
+        help="a bench_kernels --sweep JSON: its winners replace the NF4 launch tables",
     )
     args = ap.parse_args()
     if args.tuned:
