@@ -38,18 +38,24 @@ def _expected(packed: bytes, code: tuple[float, ...]) -> tuple[int, int, int, in
     return even[0] | even[1] << 16, even[2] | even[3] << 16, odd[0] | odd[1] << 16, odd[2] | odd[3] << 16
 
 
-@pytest.mark.parametrize("code", [NF4, tuple(float(i - 8) / 8 for i in range(16))], ids=["nf4", "linear"])
-def test_every_byte_in_every_position_gives_both_nibbles_fp16(code: tuple[float, ...]) -> None:
-    rng = random.Random(0)
-    instructions, words = program(code), register_words(code)
+def _words_with_every_byte_in_every_position(rng: random.Random):
+    """(position, byte, 4 packed bytes): each byte value at each of the 4 positions, the other bytes random."""
     for position in range(4):
         for byte in range(256):
             packed = bytearray(rng.randrange(256) for _ in range(4))
             packed[position] = byte
-            regs = run_program(
-                instructions, {"$4": int.from_bytes(packed, "little"), **dict(zip(WORD_OPERANDS, words, strict=True))}
-            )
-            assert tuple(regs[f"${i}"] for i in range(4)) == _expected(bytes(packed), code), (position, byte)
+            yield position, byte, bytes(packed)
+
+
+@pytest.mark.parametrize("code", [NF4, tuple(float(i - 8) / 8 for i in range(16))], ids=["nf4", "linear"])
+def test_every_byte_in_every_position_gives_both_nibbles_fp16(code: tuple[float, ...]) -> None:
+    rng = random.Random(0)
+    instructions, words = program(code), register_words(code)
+    for position, byte, packed in _words_with_every_byte_in_every_position(rng):
+        regs = run_program(
+            instructions, {"$4": int.from_bytes(packed, "little"), **dict(zip(WORD_OPERANDS, words, strict=True))}
+        )
+        assert tuple(regs[f"${i}"] for i in range(4)) == _expected(packed, code), (position, byte)
 
 
 def _half(value: float) -> float:
@@ -68,16 +74,13 @@ def _word_dot(instructions, packed: bytes, x: list[float], words: list[int]) -> 
 def test_dot_program_multiplies_each_weight_with_its_own_x(code: tuple[float, ...]) -> None:
     rng = random.Random(1)
     instructions, words = dot_program(code), register_words(code)
-    for position in range(4):
-        for byte in range(256):
-            packed = bytearray(rng.randrange(256) for _ in range(4))
-            packed[position] = byte
-            x = [_half(rng.uniform(-4, 4)) for _ in range(8)]
-            weights = [code[b >> 4 if i % 2 == 0 else b & 0xF] for b in packed for i in range(2)]  # k = 2j: high
-            exact = sum(w * v for w, v in zip(weights, x, strict=True))
-            scale = sum(abs(_half(w) * v) for w, v in zip(weights, x, strict=True))
-            got = _word_dot(instructions, bytes(packed), x, words)
-            assert abs(got - exact) <= 4 * 2**-11 * scale + 1e-6, (position, byte)
+    for position, byte, packed in _words_with_every_byte_in_every_position(rng):
+        x = [_half(rng.uniform(-4, 4)) for _ in range(8)]
+        weights = [code[b >> 4 if i % 2 == 0 else b & 0xF] for b in packed for i in range(2)]  # k = 2j: high
+        exact = sum(w * v for w, v in zip(weights, x, strict=True))
+        scale = sum(abs(_half(w) * v) for w, v in zip(weights, x, strict=True))
+        got = _word_dot(instructions, packed, x, words)
+        assert abs(got - exact) <= 4 * 2**-11 * scale + 1e-6, (position, byte)
 
 
 def test_dot_program_sums_the_pairs_in_fp16() -> None:
@@ -118,19 +121,16 @@ def test_ptx_declares_every_register_it_uses(asm: str, instructions: list, opera
 def test_pairs_program_returns_each_bytes_scaled_codes_in_k_order(code: tuple[float, ...]) -> None:
     rng = random.Random(2)
     instructions, words = pairs_program(code), register_words(code)
-    for position in range(4):
-        for byte in range(256):
-            packed = bytearray(rng.randrange(256) for _ in range(4))
-            packed[position] = byte
-            scale = rng.uniform(1e-3, 4.0)
-            inputs = {"$4": int.from_bytes(packed, "little"), "$5": struct.unpack("<I", struct.pack("<f", scale))[0]}
-            regs = run_program(instructions, {**inputs, **dict(zip(DOT_WORD_OPERANDS, words, strict=True))})
-            for b, value in enumerate(
-                packed
-            ):  # pair b: k = 2b (high nibble) low, k = 2b + 1 high, fp16(code) x fp16(scale)
-                want = [_fp16_bits(_half(code[value >> 4]) * _half(scale)),
-                        _fp16_bits(_half(code[value & 0xF]) * _half(scale))]  # fmt: skip
-                assert regs[f"${b}"] == want[0] | want[1] << 16, (position, byte, b)
+    for position, byte, packed in _words_with_every_byte_in_every_position(rng):
+        scale = rng.uniform(1e-3, 4.0)
+        inputs = {"$4": int.from_bytes(packed, "little"), "$5": struct.unpack("<I", struct.pack("<f", scale))[0]}
+        regs = run_program(instructions, {**inputs, **dict(zip(DOT_WORD_OPERANDS, words, strict=True))})
+        for b, value in enumerate(
+            packed
+        ):  # pair b: k = 2b (high nibble) low, k = 2b + 1 high; fp16(code) x fp16(scale)
+            want = [_fp16_bits(_half(code[value >> 4]) * _half(scale)),
+                    _fp16_bits(_half(code[value & 0xF]) * _half(scale))]  # fmt: skip
+            assert regs[f"${b}"] == want[0] | want[1] << 16, (position, byte, b)
 
 
 def test_pairs_asm_declares_its_registers_and_writes_outputs_last() -> None:
