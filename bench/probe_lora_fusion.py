@@ -13,6 +13,7 @@ import engine.kernels.fused_ops_triton as fused
 import engine.kernels.lora_triton as lora_triton
 from bench.bench_kernels import SHAPES, nf4_code, ours, random_weight, time_graph
 from engine.kernels import LoraExpand, LoraShrink, lora_expand, lora_shrink, lora_shrink_expand
+from engine.kernels.decode_attention import decode_attention
 from engine.rope import RotaryEmbedding
 
 SLOTS, MAX_RANK, RANK, COPIES = 8, 64, 16, 12
@@ -93,6 +94,12 @@ def probe(m: int, sts: dict[str, list[tuple[torch.Tensor, ...]]]) -> dict[str, f
             rows[f"silu + {label} block {block}"] = us(lambda i, e=e, s=s: silu(i, e, s))
     fused.LORA_SILU_MUL_BLOCK = base_block
     rows["o shrink kernel"] = us(lambda i: lora_shrink(h, slots, sts["o"][i][0], sts["o"][i][3]))
+    q = torch.randn(m, HEADS, HEAD_DIM, device="cuda", dtype=torch.float16)
+    lengths = torch.full((m,), 200, dtype=torch.int32, device="cuda")
+    rows["decode attention, kv 256"] = us(lambda i: decode_attention(q, *caches, lengths, 256))
+    rows["decode attention + o shrink, kv 256"] = us(
+        lambda i: decode_attention(q, *caches, lengths, 256, shrink=shrink("o", i))
+    )
     y = torch.randn(m, D, device="cuda", dtype=torch.float16)
     base_k = lora_triton.ONE_PASS_BLOCK_K
     for block_k in (1024, 2048):
@@ -101,16 +108,17 @@ def probe(m: int, sts: dict[str, list[tuple[torch.Tensor, ...]]]) -> dict[str, f
             lambda i: lora_shrink_expand(h, slots, *sts["o"][i], y, (), RANK)
         )
     lora_triton.ONE_PASS_BLOCK_K = base_k
-    for splits in (8, 14, 28):
+    for splits in (8, 28, 32):
         t = torch.randn(m, splits, MAX_RANK, device="cuda")
         rows[f"expand kernel, {splits} splits"] = us(lambda i, t=t: lora_expand(*expand("o", i, t)[:5], y))
         rows[f"down nf4 + epilogue expand, {splits} splits"] = us(
             lambda i, t=t: ours(act, down_w[i], lora=expand("down", i, t))
         )
     rows["down nf4"] = us(lambda i: ours(act, down_w[i]))
-    t_o = lora_shrink(h, slots, sts["o"][0][0], sts["o"][0][3])
     rows["o nf4"] = us(lambda i: ours(h, o_w[i]))
-    rows[f"o nf4 + epilogue expand, {t_o.shape[1]} splits"] = us(lambda i: ours(h, o_w[i], lora=expand("o", i, t_o)))
+    for splits in (8, 32):  # the shrink kernel's, decode attention's (one per head)
+        t = torch.randn(m, splits, MAX_RANK, device="cuda")
+        rows[f"o nf4 + epilogue expand, {splits} splits"] = us(lambda i, t=t: ours(h, o_w[i], lora=expand("o", i, t)))
     return rows
 
 

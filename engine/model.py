@@ -1,9 +1,8 @@
 """Compact Llama model: RMSNorm, RoPE, GQA attention over a slot KV cache, SwiGLU MLP.
 
 Decode with a different adapter per row fuses LoRA into the ops around the projections: each RMSNorm makes the
-shrink of the next qkv or gate_up, RoPE and SiLU-mul add their expands, and SiLU-mul makes down's shrink, whose
-expand runs in the NF4 kernel's epilogue. o's LoRA runs as a kernel of its own (lora_shrink_expand), or for one row
-as a shrink kernel and the epilogue's expand (engine/lora/projection.py)."""
+shrink of the next qkv or gate_up, RoPE and SiLU-mul add their expands, decode attention makes o's shrink and
+SiLU-mul down's, whose expands run in the NF4 kernel's epilogue."""
 
 from __future__ import annotations
 
@@ -86,6 +85,7 @@ class Attention(nn.Module):
         # x: [T, D]; k_cache/v_cache: [S, Hkv, P, Dh]; lora: qkv's LoRA expand (decode), fused into RoPE
         t = x.shape[0]
         qkv = self.qkv(x) if lora is None else self.qkv.base(x)  # [T, (H + 2 Hkv) Dh]
+        o_lora = None
         cos, sin = meta.rope
         if meta.is_prefill:
             assert lora is None, "per-row LoRA routing is for decode steps"
@@ -99,8 +99,11 @@ class Attention(nn.Module):
         else:
             q = rope_kv_write(qkv, meta.positions, cos, sin, k_cache, v_cache, self.num_heads, self.num_kv_heads,
                               self.head_dim, lora)  # fmt: skip
-            out = decode_attention(q, k_cache, v_cache, meta.lengths, meta.kv_len)  # [n, H, Dh]
-        return self.o(out.reshape(t, self.q_size))
+            o_lora = self.o.token_lora()
+            out, o_t = decode_attention(q, k_cache, v_cache, meta.lengths, meta.kv_len,
+                                        shrink=o_lora.shrink() if o_lora else None)  # [n, H, Dh]  # fmt: skip
+        out = out.reshape(t, self.q_size)
+        return self.o(out) if o_lora is None else self.o.base(out, o_lora.expand(o_t))
 
     @staticmethod
     def _prefill_attention(q, k, v, slot: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:

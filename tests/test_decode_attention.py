@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.kernels.decode_attention import decode_attention
+from engine.kernels.lora_types import LoraShrink
 
 P = 48  # cache positions per slot
 
@@ -40,7 +41,8 @@ def _explicit(
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 4e-3)])
 def test_matches_explicit_softmax(n, lengths, num_heads, num_kv_heads, head_dim, dtype, tol) -> None:
     q, k_cache, v_cache = _inputs(n, num_heads, num_kv_heads, head_dim, dtype)
-    out = decode_attention(q, k_cache, v_cache, torch.tensor(lengths), kv_len=40)
+    out, t = decode_attention(q, k_cache, v_cache, torch.tensor(lengths), kv_len=40)
+    assert t is None
     assert out.shape == q.shape and out.dtype == dtype
     torch.testing.assert_close(
         out.double(), _explicit(q, k_cache, v_cache, lengths, head_dim**-0.5), atol=tol, rtol=tol
@@ -49,20 +51,36 @@ def test_matches_explicit_softmax(n, lengths, num_heads, num_kv_heads, head_dim,
 
 def test_custom_scale_and_int32_lengths() -> None:
     q, k_cache, v_cache = _inputs(2, 8, 2, 64, torch.float32, seed=1)
-    out = decode_attention(q, k_cache, v_cache, torch.tensor([5, 30], dtype=torch.int32), kv_len=32, scale=0.3)
+    out, _ = decode_attention(q, k_cache, v_cache, torch.tensor([5, 30], dtype=torch.int32), kv_len=32, scale=0.3)
     torch.testing.assert_close(out.double(), _explicit(q, k_cache, v_cache, [5, 30], 0.3), atol=1e-5, rtol=1e-5)
 
 
 def test_positions_past_kv_len_are_not_read() -> None:
     q, k_cache, v_cache = _inputs(2, 4, 2, 64, torch.float32, seed=2)
     k_cache[:, :, 32:], v_cache[:, :, 32:] = float("nan"), float("nan")
-    out = decode_attention(q, k_cache, v_cache, torch.tensor([32, 9]), kv_len=32)
+    out, _ = decode_attention(q, k_cache, v_cache, torch.tensor([32, 9]), kv_len=32)
     torch.testing.assert_close(out.double(), _explicit(q, k_cache, v_cache, [32, 9], 64**-0.5), atol=1e-5, rtol=1e-5)
+
+
+def _shrink(in_features: int) -> LoraShrink:
+    return LoraShrink(torch.tensor([0, -1], dtype=torch.int32), torch.randn(2, 8, in_features), torch.tensor([8, 4],
+                      dtype=torch.int32))  # fmt: skip
+
+
+def test_shrink_of_the_output() -> None:
+    """o's LoRA shrink of the output viewed as [n, H * Dh]: a row on rank 4 of a rank-8 slot, a row without one."""
+    q, k_cache, v_cache = _inputs(2, 8, 2, 64, torch.float32, seed=3)
+    shrink = LoraShrink(torch.tensor([1, -1], dtype=torch.int32), torch.randn(2, 8, 512), torch.tensor([8, 4],
+                        dtype=torch.int32))  # fmt: skip
+    out, t = decode_attention(q, k_cache, v_cache, torch.tensor([5, 30]), kv_len=32, shrink=shrink)
+    expected = out[0].reshape(-1) @ shrink.a_stack[1, :4].t()  # [4]
+    torch.testing.assert_close(t[:, 0], torch.stack([torch.cat([expected, torch.zeros(4)]), torch.zeros(8)]))
 
 
 def test_empty_batch() -> None:
     q, k_cache, v_cache = _inputs(0, 4, 2, 64, torch.float16)
-    assert decode_attention(q, k_cache, v_cache, torch.zeros(0, dtype=torch.int64), kv_len=16).shape == (0, 4, 64)
+    out, _ = decode_attention(q, k_cache, v_cache, torch.zeros(0, dtype=torch.int64), kv_len=16)
+    assert out.shape == (0, 4, 64)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +95,7 @@ def test_empty_batch() -> None:
         (lambda q, k, v, lens: (q, k, v, lens[:1], 16), "lengths: expected"),
         (lambda q, k, v, lens: (q, k, v, lens, P + 1), "kv_len: expected"),
         (lambda q, k, v, lens: (q, k, v, lens, 0), "kv_len: expected"),
+        (lambda q, k, v, lens: (q, k, v, lens, 16, None, _shrink(k.shape[-1] * 4)), "shrink: expected"),
     ],
 )
 def test_bad_arguments_are_named(change, match) -> None:

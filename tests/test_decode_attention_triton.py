@@ -18,6 +18,8 @@ if not (torch.cuda.is_available() or INTERPRET):
 
 from engine.kernels.decode_attention import decode_attention, decode_attention_reference  # noqa: E402
 from engine.kernels.decode_attention_triton import BLOCK_N, decode_attention_triton, split_plan  # noqa: E402
+from engine.kernels.lora_reference import lora_shrink_reference  # noqa: E402
+from engine.kernels.lora_types import LoraShrink  # noqa: E402
 from engine.kernels.nf4_triton import _num_sms  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,7 +56,7 @@ def _check(out: torch.Tensor, expected: torch.Tensor) -> None:
 def test_matches_reference(n, case, num_heads, num_kv_heads, head_dim, dtype) -> None:
     q, k_cache, v_cache = _inputs(n, num_heads, num_kv_heads, head_dim, dtype)
     lengths = _lengths(n, case)
-    out = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, head_dim**-0.5)
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, head_dim**-0.5)[0]
     _check(out, decode_attention_reference(q, k_cache, v_cache, lengths, KV_LEN))
 
 
@@ -64,14 +66,14 @@ def test_split_counts(max_splits, expected) -> None:
     assert split_plan(3, 2, KV_LEN, DEVICE, max_splits) == expected
     q, k_cache, v_cache = _inputs(3, 8, 2, 64, torch.float16, seed=1)
     lengths = _lengths(3, "mixed")
-    out = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, 0.125, max_splits=max_splits)
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, 0.125, max_splits=max_splits)[0]
     _check(out, decode_attention_reference(q, k_cache, v_cache, lengths, KV_LEN))
 
 
 def test_kv_len_off_the_tile_grid_and_custom_scale() -> None:
     q, k_cache, v_cache = _inputs(3, 8, 2, 128, torch.float32, seed=2)
     lengths = torch.tensor([50, 100, 1], device=DEVICE, dtype=torch.int32)
-    out = decode_attention_triton(q, k_cache, v_cache, lengths, 100, 0.05, max_splits=2)
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, 100, 0.05, max_splits=2)[0]
     _check(out, decode_attention_reference(q, k_cache, v_cache, lengths, 100, 0.05))
 
 
@@ -81,7 +83,7 @@ def test_strided_q() -> None:
     q = qkv[:, : 8 * 64].view(3, 8, 64)
     _, k_cache, v_cache = _inputs(3, 8, 2, 64, torch.float16, seed=3)
     lengths = _lengths(3, "mixed")
-    out = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, 0.125)
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, 0.125)[0]
     _check(out, decode_attention_reference(q, k_cache, v_cache, lengths, KV_LEN))
 
 
@@ -96,7 +98,7 @@ def test_positions_past_the_length_never_count(max_splits, poison) -> None:
     for cache in (k_cache, v_cache):
         cache[:n].masked_fill_(past[:, None, :, None], poison)
         cache[n:] = poison  # slots past the batch
-    out = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, head_dim**-0.5, max_splits=max_splits)
+    out = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, head_dim**-0.5, max_splits=max_splits)[0]
     assert torch.isfinite(out).all()
     _check(out, clean)
 
@@ -110,9 +112,29 @@ def test_public_function_replays_in_a_cuda_graph() -> None:
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = decode_attention(q, k_cache, v_cache, lengths, kv_len)
+        out = decode_attention(q, k_cache, v_cache, lengths, kv_len)[0]
     for values in ([1, 1, 1], [200, 17, 256], [256, 256, 3]):
         lengths.copy_(torch.tensor(values))
         q.normal_()
         graph.replay()
         _check(out, decode_attention_reference(q, k_cache, v_cache, lengths, kv_len))
+
+
+@pytest.mark.parametrize("max_splits", [1, 2, None])
+@pytest.mark.parametrize("rank_bound", [16, 0])
+def test_fused_o_shrink_matches_the_reference(max_splits, rank_bound) -> None:
+    """o's LoRA shrink of the output, one partial sum per head (the combine runs for a single split too): rows on
+    ranks 16 and 5 of a rank-32 stack, a row without an adapter; the padding past each rank holds garbage."""
+    n, num_heads, head_dim = 3, 8, 64
+    q, k_cache, v_cache = _inputs(n, num_heads, 2, head_dim, torch.float16, seed=6)
+    lengths = _lengths(n, "mixed")
+    a_stack = torch.randn(3, 32, num_heads * head_dim, device=DEVICE, dtype=torch.float16)
+    ranks = torch.tensor([16, 5, 0], device=DEVICE, dtype=torch.int32)
+    slots = torch.tensor([1, -1, 0], device=DEVICE, dtype=torch.int32)
+    shrink = LoraShrink(slots, a_stack, ranks, 1, rank_bound)
+    out, t = decode_attention_triton(q, k_cache, v_cache, lengths, KV_LEN, 0.125, max_splits, shrink)
+    _check(out, decode_attention_reference(q, k_cache, v_cache, lengths, KV_LEN, 0.125))
+    assert t.shape == (n, num_heads, 32)
+    read = rank_bound or 32  # the entries every reader takes (up to the largest resident rank)
+    expected = lora_shrink_reference(out.reshape(n, -1), slots, a_stack, ranks)[:, 0, :read]
+    torch.testing.assert_close(t.sum(1)[:, :read], expected, atol=1e-2, rtol=1e-3)

@@ -20,11 +20,10 @@ from engine.kernels.lora_reference import (
     lora_reference,
     lora_shrink_reference,
 )
-from engine.kernels.lora_types import EPILOGUE_MAX_ROWS, ONE_PASS_MAX_ROWS, LoraExpand, LoraShrink
+from engine.kernels.lora_types import ONE_PASS_MAX_ROWS, LoraExpand, LoraShrink
 from engine.kernels.nf4_reference import check_nf4_args, nf4_dequantize_reference, nf4_matmul_reference
 
 __all__ = [
-    "EPILOGUE_MAX_ROWS",
     "LoraExpand",
     "LoraShrink",
     "lora_expand",

@@ -9,8 +9,6 @@ import torch
 
 ONE_PASS_MAX_ROWS = 16  # lora_shrink_expand in one launch up to this many rows (decode batches); the one pass
 # repeats the shrink for every column block, so longer batches take the shrink and expand kernels
-EPILOGUE_MAX_ROWS = 1  # up to this many rows an unfused projection runs a shrink kernel and the expand in the NF4
-# matmul's epilogue: the one-row tile's epilogue costs ~1 us, the tensor-core tile's more than the one pass
 
 
 class LoraShrink(NamedTuple):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.kernels import EPILOGUE_MAX_ROWS, lora_shrink
 from engine.lora.context import current_routing
 from engine.lora.stack import LoraStack, TokenLora
 from engine.quant import BaseLinear
@@ -50,9 +49,6 @@ class Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, K] -> y: [T, N_total], the LoRA added here (not fused into the ops around the projection)
-        token = self.token_lora()
-        if token is not None and x.shape[0] <= EPILOGUE_MAX_ROWS and self.base.fuses_lora(x.shape[0]):
-            return self.base(x, token.expand(lora_shrink(x, *token.shrink()[:4])))
         y = self.base(x)
         routing = current_routing()
         if routing is not None and self.lora is not None:

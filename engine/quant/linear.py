@@ -26,10 +26,6 @@ class BaseLinear(nn.Module):
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
-    def fuses_lora(self, rows: int) -> bool:
-        """Whether forward(x, lora) for `rows` rows adds the expand inside the matmul, not as a launch of its own."""
-        return False
-
 
 class DenseLinear(BaseLinear):
     def __init__(self, weight: torch.Tensor) -> None:
@@ -68,9 +64,6 @@ class NF4Linear(BaseLinear):
     def dequantize(self) -> torch.Tensor:
         # -> [N, K] in compute dtype
         return bnbf.dequantize_4bit(self.qweight, self.quant_state).to(self.compute_dtype)
-
-    def fuses_lora(self, rows: int) -> bool:
-        return rows in self.triton_rows
 
     def forward(self, x: torch.Tensor, lora: LoraExpand | None = None) -> torch.Tensor:
         # x: [T, K] -> [T, N]; the LoRA expand in the Triton kernel's epilogue
