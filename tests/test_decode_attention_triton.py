@@ -122,11 +122,12 @@ def test_public_function_replays_in_a_cuda_graph() -> None:
 
 @pytest.mark.parametrize("max_splits", [1, 2, None])
 @pytest.mark.parametrize("rank_bound", [16, 0])
-def test_fused_o_shrink_matches_the_reference(max_splits, rank_bound) -> None:
+@pytest.mark.parametrize("num_heads, num_kv_heads", [(8, 2), (32, 8)])
+def test_fused_o_shrink_matches_the_reference(max_splits, rank_bound, num_heads, num_kv_heads) -> None:
     """o's LoRA shrink of the output, one partial sum per head (the combine runs for a single split too): rows on
     ranks 16 and 5 of a rank-32 stack, a row without an adapter; the padding past each rank holds garbage."""
-    n, num_heads, head_dim = 3, 8, 64
-    q, k_cache, v_cache = _inputs(n, num_heads, 2, head_dim, torch.float16, seed=6)
+    n, head_dim = 3, 64
+    q, k_cache, v_cache = _inputs(n, num_heads, num_kv_heads, head_dim, torch.float16, seed=6)
     lengths = _lengths(n, "mixed")
     a_stack = torch.randn(3, 32, num_heads * head_dim, device=DEVICE, dtype=torch.float16)
     ranks = torch.tensor([16, 5, 0], device=DEVICE, dtype=torch.int32)

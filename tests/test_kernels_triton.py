@@ -150,7 +150,7 @@ def test_fused_epilogue_sums_the_partials_and_reads_no_rank_past_a_row(cfg: Nf4C
     """t of many partial sums, NaN past each row's rank: the epilogue adds nothing of those entries."""
     if cfg.gluon and not gluon_ready(DEVICE):
         pytest.skip("the Gluon tile needs CUDA (sm_80+) and Triton's Gluon")
-    s, r, k, n, m = 3, 16, 256, 80, 5
+    s, r, k, n, m = 3, 16, 512, 80, 5
     gen = torch.Generator().manual_seed(7)
     b_stack = (torch.randn(s, r, n, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
     scales = torch.tensor([0.5, 2.0, 1.0], device=DEVICE)

@@ -82,8 +82,8 @@ def _silu_mul_kernel(
     et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, e_r, e_seg1, e_seg2,
     sslot_ptr, sa_ptr, srank_ptr, st_ptr, s_segr,
     BLOCK: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
-    T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, HAS_SHRINK: tl.constexpr, S_NUM_SEG: tl.constexpr,
-    SEG_P2: tl.constexpr, RB: tl.constexpr,
+    T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, R_P2: tl.constexpr, HAS_SHRINK: tl.constexpr,
+    S_NUM_SEG: tl.constexpr, SEG_P2: tl.constexpr, RB: tl.constexpr,
 ):  # fmt: skip
     """Program (row, j): act[row, j-th block] = silu(gate) * up, gate_up's LoRA delta added to gate and up
     first (HAS_LORA), the down projection's shrink partial of this block into t[row, j] after (HAS_SHRINK).
@@ -97,9 +97,9 @@ def _silu_mul_kernel(
     if HAS_LORA:
         rows = row + tl.arange(0, 1)
         d_gate = lora_delta_tile(et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, rows, col0, M, 2 * inter, e_r,
-                                 e_seg1, e_seg2, 1, BLOCK, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK)  # fmt: skip
+                                 e_seg1, e_seg2, 1, BLOCK, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2)  # fmt: skip
         d_up = lora_delta_tile(et_ptr, slot_ptr, eb_ptr, escale_ptr, erank_ptr, rows, inter + col0, M, 2 * inter,
-                               e_r, e_seg1, e_seg2, 1, BLOCK, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK)  # fmt: skip
+                               e_r, e_seg1, e_seg2, 1, BLOCK, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2)  # fmt: skip
     src = gate_up_ptr + row.to(tl.int64) * 2 * inter
     gate = tl.load(src + offs, mask=mask, other=0.0)  # [BLOCK]
     up = tl.load(src + inter + offs, mask=mask, other=0.0)
@@ -121,7 +121,7 @@ def _rope_kv_write_kernel(
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, lora_r, seg1, seg2, M,
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_HALF: tl.constexpr,
     HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr,
-    T_BLOCK: tl.constexpr,
+    T_BLOCK: tl.constexpr, R_P2: tl.constexpr,
 ):  # fmt: skip
     """Program (row, head) takes columns [head * Dh, (head + 1) * Dh) of qkv = [q heads | k heads | v heads]:
     a q head is rotated into q[row]; a k head j is rotated and a v head j copied into cache[row, j,
@@ -134,11 +134,10 @@ def _rope_kv_write_kernel(
     half = HEAD_DIM // 2
     offs = tl.arange(0, BLOCK_HALF)
     mask = offs < half
-    x1 = _qkv_half(
-        qkv_ptr, head * HEAD_DIM, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK
-    )
+    x1 = _qkv_half(qkv_ptr, head * HEAD_DIM, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS,
+                   T_BLOCK, R_P2)  # fmt: skip
     x2 = _qkv_half(qkv_ptr, head * HEAD_DIM + half, offs, mask, lora, HAS_LORA, BLOCK_HALF, BLOCK_R, NUM_SEG,
-                   T_SPLITS, T_BLOCK)  # fmt: skip
+                   T_SPLITS, T_BLOCK, R_P2)  # fmt: skip
     pos = tl.load(pos_ptr + row)
     in_table = (pos >= 0) & (pos < num_positions)  # a stray position writes nothing instead of out of bounds
     pos = tl.where(in_table, pos, 0)
@@ -165,7 +164,7 @@ def _rope_kv_write_kernel(
 @triton.jit
 def _qkv_half(
     qkv_ptr, col0, offs, mask, lora, HAS_LORA: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr,
+    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, R_P2: tl.constexpr,
 ):  # fmt: skip
     """qkv[row, col0 + offs] in qkv's dtype, plus the row's LoRA delta for those columns with HAS_LORA."""
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, row, M, stride_qkv, width, lora_r, seg1, seg2 = lora
@@ -173,7 +172,7 @@ def _qkv_half(
     if HAS_LORA:
         delta = lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, row + tl.arange(0, 1), col0, M,
                                 width, lora_r, seg1, seg2, 1, BLOCK_HALF, BLOCK_R, NUM_SEG, T_SPLITS,
-                                T_BLOCK)  # fmt: skip
+                                T_BLOCK, R_P2)  # fmt: skip
         x = (x.to(tl.float32) + tl.reshape(delta, (BLOCK_HALF,))).to(qkv_ptr.dtype.element_ty)
     return x
 

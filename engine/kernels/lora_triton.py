@@ -45,15 +45,16 @@ def segment_of(n_start, seg1, seg2, NUM_SEG: tl.constexpr):
 def lora_delta_tile(
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
-    T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr,
+    T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, R_P2: tl.constexpr,
 ):  # fmt: skip
     """scale_s * t[m, g*R : g*R + r] . B_s[:r, n] for a [BLOCK_M, BLOCK_N] tile starting at column n_start
-    (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. Rank by rank
-    (BLOCK_R: the largest resident rank), one outer product each: every B row loads contiguous and nothing is
-    reduced across threads. No branches, and t's T_SPLITS partial sums load as one tile, so all latencies
-    overlap (loaded one by one, partials cost ~0.3 us each on an H200). The loads are masked by the row's rank:
-    applying it after them instead made the separate expand kernel slower (4.7 -> 7.0 us at M = 1, 4.1 -> 10.7
-    us at M = 8 on an H200), though it shortens RMSNorm's and the one pass's chains (lora_a_slice)."""
+    (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. t's T_SPLITS
+    partial sums of every rank (BLOCK_R: the largest resident rank, R_P2 its power of two) load as one tile and are
+    summed once (summed rank by rank, 32 partials cost the one-row NF4 epilogue 4.9 us instead of 1.2 us at M = 1 on
+    an H200, probe_lora_fusion); then rank by rank, one outer product each: every B row loads contiguous. The loads
+    are masked by the row's rank: applying it after them instead made the separate expand kernel slower (4.7 -> 7.0
+    us at M = 1, 4.1 -> 10.7 us at M = 8 on an H200), though it shortens RMSNorm's and the one pass's chains
+    (lora_a_slice)."""
     m_mask = offs_m < M
     slots = tl.load(slot_ptr + offs_m, mask=m_mask, other=-1)  # [BM]
     active = slots >= 0
@@ -64,12 +65,16 @@ def lora_delta_tile(
     offs_n = n_start + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_i = tl.arange(0, T_BLOCK)
-    t_rows = t_ptr + (offs_m[:, None] * T_SPLITS + offs_i[None, :]) * (NUM_SEG * R) + seg * R  # [BM, TB]
+    offs_r = tl.arange(0, R_P2)
+    t_ptrs = t_ptr + ((offs_m[:, None, None] * T_SPLITS + offs_i[None, :, None]) * (NUM_SEG * R) + seg * R
+                      + offs_r[None, None, :])  # [BM, TB, RP]  # fmt: skip
+    t_mask = (offs_i < T_SPLITS)[None, :, None] & (offs_r[None, None, :] < rank[:, None, None])
+    t = tl.sum(tl.load(t_ptrs, mask=t_mask, other=0.0), axis=1)  # [BM, RP]: the partials summed once
     b_rows = b_ptr + s[:, None] * (N * R) + offs_n[None, :]  # [BM, BN]
     delta = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for r in tl.static_range(BLOCK_R):
         r_ok = (r < rank)[:, None]  # [BM, 1]
-        t_r = tl.sum(tl.load(t_rows + r, mask=r_ok & (offs_i < T_SPLITS)[None, :], other=0.0), axis=1)  # [BM]
+        t_r = tl.sum(tl.where(offs_r[None, :] == r, t, 0.0), axis=1)  # [BM]
         b_r = tl.load(b_rows + r * N, mask=r_ok & n_mask[None, :], other=0.0)  # [BM, BN]
         delta += t_r[:, None] * b_r.to(tl.float32)
     return delta * scale[:, None]
@@ -145,13 +150,13 @@ def _lora_shrink_kernel(
 def _lora_expand_kernel(
     t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, y_ptr, M, N, R, seg1, seg2, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_SEG: tl.constexpr,
-    T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr,
+    T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, R_P2: tl.constexpr,
 ):  # fmt: skip
     n_start = tl.program_id(0) * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     delta = lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, n_start, M, N, R, seg1, seg2,
-                            BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK)  # fmt: skip
+                            BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2)  # fmt: skip
     slots = tl.load(slot_ptr + offs_m, mask=offs_m < M, other=-1)
     mask = (slots >= 0)[:, None] & (offs_n < N)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -222,15 +227,21 @@ def segment_args(segments: tuple[int, ...], block_n: int) -> tuple[int, int]:
 
 def expand_args(lora: LoraExpand | None, dummy: torch.Tensor, block_n: int) -> tuple[tuple, dict[str, Any]]:
     """A fused expand's kernel arguments: (t, slot_ids, B, scales, ranks, R, seg1, seg2) and its constexprs
-    (HAS_LORA, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK); `dummy` fills the pointers without one. Tiles are block_n
+    (HAS_LORA, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2); `dummy` fills the pointers without one. Tiles are block_n
     wide."""
     if lora is None:
-        return (dummy,) * 5 + (1, 0, 0), dict(HAS_LORA=False, BLOCK_R=1, NUM_SEG=1, T_SPLITS=1, T_BLOCK=1)
+        return (dummy,) * 5 + (1, 0, 0), dict(HAS_LORA=False, BLOCK_R=1, NUM_SEG=1, T_SPLITS=1, T_BLOCK=1, R_P2=1)
     t, slot_ids, b_stack, scales, ranks, segments, rank_bound = lora
     r = b_stack.shape[1]
-    consts = dict(HAS_LORA=True, BLOCK_R=expand_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
-                  T_SPLITS=t.shape[1], T_BLOCK=triton.next_power_of_2(t.shape[1]))  # fmt: skip
+    consts = dict(HAS_LORA=True, **delta_consts(t, r, segments, rank_bound))
     return (t, slot_ids, b_stack, scales, ranks, r, *segment_args(segments, block_n)), consts
+
+
+def delta_consts(t: torch.Tensor, r: int, segments: tuple[int, ...], rank_bound: int) -> dict[str, int]:
+    """`lora_delta_tile`'s constexprs for t [M, splits, G*R] of a stack of padded rank r."""
+    block_r = expand_rank(rank_bound, r)
+    return dict(BLOCK_R=block_r, NUM_SEG=len(segments) + 1, T_SPLITS=t.shape[1],
+                T_BLOCK=triton.next_power_of_2(t.shape[1]), R_P2=triton.next_power_of_2(block_r))  # fmt: skip
 
 
 def shrink_tile(shrink: LoraShrink | None, limit: int) -> int:
@@ -289,7 +300,7 @@ def lora_expand_triton(
     rank_bound: int = 0,
 ) -> torch.Tensor:
     """y += scale_s * t_s @ B_s in place (y may be a column slice of a wider buffer); returns y."""
-    m, splits, _ = t.shape
+    m = t.shape[0]
     n, r = y.shape[1], b_stack.shape[1]
     assert y.stride(1) == 1, "y rows must be contiguous"
     block_m = min(4, triton.next_power_of_2(max(m, 1)))
@@ -298,8 +309,7 @@ def lora_expand_triton(
         grid = (triton.cdiv(n, EXPAND_BLOCK_N), triton.cdiv(m, block_m))
         _lora_expand_kernel[grid](
             t, slot_ids, b_stack, scales, ranks, y, m, n, r, seg1, seg2, y.stride(0),
-            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=expand_rank(rank_bound, r), NUM_SEG=len(segments) + 1,
-            T_SPLITS=splits, T_BLOCK=triton.next_power_of_2(splits), num_warps=4,
+            BLOCK_M=block_m, BLOCK_N=EXPAND_BLOCK_N, **delta_consts(t, r, segments, rank_bound), num_warps=4,
         )  # fmt: skip
     return y
 

@@ -15,7 +15,6 @@ LoRA expand goes into the first split's partial, as in nf4_triton.py.
 from __future__ import annotations
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
@@ -261,14 +260,14 @@ def nf4_matmul_mma(
     tile = cfg.block_n * cfg.block_m
     ws = torch.empty((grid[0] * cfg.split_k * tile,), dtype=torch.float32, device=x.device) if cfg.split_k > 1 else y
     lora_args, lora_consts = expand_args(lora, y, cfg.block_n)
-    r_p2 = triton.next_power_of_2(lora_consts["BLOCK_R"])
+    r_p2 = lora_consts["R_P2"]
     tiles = cfg.block_n // (16 * cfg.num_warps)
     _nf4_mma_kernel[grid](
         x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, ws, tickets, *lora_args[:5],
         m, n, k, k // 8, x.stride(0) // 2, y.stride(0), k // (STEP * cfg.split_k), cfg.split_k, *lora_args[5:],
         ROWS=cfg.block_n, NX=cfg.block_m, WORDS=word_layout(cfg.num_warps, tiles), X=x_layout(cfg.num_warps, cfg.block_m),
         WARPS=cfg.num_warps, IS_SPLIT=cfg.split_k > 1, PAIRS_ASM=pairs_asm, PREFETCH=cfg.num_stages == 2,
-        **lora_consts, R_P2=r_p2, T_LAYOUT=t_layout(cfg.num_warps, r_p2, cfg.block_m),
+        **lora_consts, T_LAYOUT=t_layout(cfg.num_warps, r_p2, cfg.block_m),
         D_LAYOUT=delta_layout(cfg.num_warps, cfg.block_n, cfg.block_m), num_warps=cfg.num_warps,
     )  # fmt: skip
     return y

@@ -153,7 +153,7 @@ def _nf4_matmul_kernel(
     M, N, K, k_words, stride_xm, stride_ym, k_per_split, split_k, lora_r, seg1, seg2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     IS_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, HAS_LORA: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, LOOKUP: tl.constexpr,
+    NUM_SEG: tl.constexpr, T_SPLITS: tl.constexpr, T_BLOCK: tl.constexpr, R_P2: tl.constexpr, LOOKUP: tl.constexpr,
     SWAP_AB: tl.constexpr, LUT_ASM: tl.constexpr, LUT_CONSTRAINTS: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -215,7 +215,7 @@ def _nf4_matmul_kernel(
     if HAS_LORA:  # noqa: SIM102
         if pid_k == 0:
             out += lora_delta_tile(t_ptr, slot_ptr, b_ptr, scale_ptr, rank_ptr, offs_m, pid_n * BLOCK_N, M, N, lora_r,
-                                   seg1, seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK)  # fmt: skip
+                                   seg1, seg2, BLOCK_M, BLOCK_N, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2)  # fmt: skip
     if IS_SPLIT:
         tile = pid_m * tl.num_programs(0) + pid_n
         tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
