@@ -63,15 +63,15 @@ def test_positions_past_kv_len_are_not_read() -> None:
 
 
 def _shrink(in_features: int) -> LoraShrink:
-    return LoraShrink(torch.tensor([0, -1], dtype=torch.int32), torch.randn(2, 8, in_features), torch.tensor([8, 4],
+    """Row 0 on slot 1 (rank 4 of a rank-8 stack), row 1 without an adapter."""
+    return LoraShrink(torch.tensor([1, -1], dtype=torch.int32), torch.randn(2, 8, in_features), torch.tensor([8, 4],
                       dtype=torch.int32))  # fmt: skip
 
 
 def test_shrink_of_the_output() -> None:
-    """o's LoRA shrink of the output viewed as [n, H * Dh]: a row on rank 4 of a rank-8 slot, a row without one."""
+    """o's LoRA shrink of the output viewed as [n, H * Dh]."""
     q, k_cache, v_cache = _inputs(2, 8, 2, 64, torch.float32, seed=3)
-    shrink = LoraShrink(torch.tensor([1, -1], dtype=torch.int32), torch.randn(2, 8, 512), torch.tensor([8, 4],
-                        dtype=torch.int32))  # fmt: skip
+    shrink = _shrink(512)
     out, t = decode_attention(q, k_cache, v_cache, torch.tensor([5, 30]), kv_len=32, shrink=shrink)
     expected = out[0].reshape(-1) @ shrink.a_stack[1, :4].t()  # [4]
     torch.testing.assert_close(t[:, 0], torch.stack([torch.cat([expected, torch.zeros(4)]), torch.zeros(8)]))

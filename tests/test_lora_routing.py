@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.lora.context import LoraRouting
+from engine.lora.context import LoraRouting, set_routing
+from engine.lora.projection import Projection
 from engine.lora.stack import LoraStack
+from engine.quant.linear import DenseLinear
 
 
 def test_runs_merge_neighbours_on_one_slot_and_vanish_without_adapters():
@@ -31,3 +33,22 @@ def test_runs_add_what_per_token_routing_adds():
     stack.add_to(x, got, LoraRouting.of_runs(slots, lengths))
     assert expected.abs().sum() > 0 and (expected[2:5] == 0).all()  # rows without adapter get nothing
     torch.testing.assert_close(got, expected)
+
+
+def test_a_projection_whose_adapters_were_all_cleared_launches_no_lora(monkeypatch):
+    """A stack left behind by unloaded adapters adds nothing, so a forward must not run its (no-op) LoRA kernels."""
+    proj = Projection(DenseLinear(torch.randn(6, 8)), {"q_proj": 6})
+    stack = proj.ensure_lora(2, 4, torch.device("cpu"))
+    stack.write(0, {0: (torch.randn(4, 8), torch.randn(6, 4), 1.0)})
+    calls = []
+    monkeypatch.setattr(LoraStack, "add_to", lambda self, x, y, routing: calls.append(routing))
+    x = torch.randn(3, 8)
+    set_routing(LoraRouting(token_slots=torch.tensor([0, -1, 0], dtype=torch.int32)))
+    try:
+        proj(x)
+        assert len(calls) == 1
+        stack.clear(0)
+        torch.testing.assert_close(proj(x), x @ proj.base.weight.t())
+        assert len(calls) == 1
+    finally:
+        set_routing(None)

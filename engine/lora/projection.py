@@ -51,6 +51,6 @@ class Projection(nn.Module):
         # x: [T, K] -> y: [T, N_total], the LoRA added here (not fused into the ops around the projection)
         y = self.base(x)
         routing = current_routing()
-        if routing is not None and self.lora is not None:
+        if routing is not None and self.lora is not None and self.lora.active_rank:  # 0: every slot cleared
             self.lora.add_to(x, y, routing)
         return y
