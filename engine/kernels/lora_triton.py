@@ -68,14 +68,14 @@ def lora_delta_tile(
     offs_r = tl.arange(0, R_P2)
     t_ptrs = t_ptr + ((offs_m[:, None, None] * T_SPLITS + offs_i[None, :, None]) * (NUM_SEG * R) + seg * R
                       + offs_r[None, None, :])  # [BM, TB, RP]  # fmt: skip
-    t_mask = (offs_i < T_SPLITS)[None, :, None] & (offs_r[None, None, :] < rank[:, None, None])
+    t_mask = (offs_i < T_SPLITS)[None, :, None] & (offs_r < BLOCK_R)[None, None, :] & m_mask[:, None, None]
     t = tl.sum(tl.load(t_ptrs, mask=t_mask, other=0.0), axis=1)  # [BM, RP]: the partials summed once
+    t = tl.where(offs_r[None, :] < rank[:, None], t, 0.0)
     b_rows = b_ptr + s[:, None] * (N * R) + offs_n[None, :]  # [BM, BN]
     delta = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for r in tl.static_range(BLOCK_R):
-        r_ok = (r < rank)[:, None]  # [BM, 1]
         t_r = tl.sum(tl.where(offs_r[None, :] == r, t, 0.0), axis=1)  # [BM]
-        b_r = tl.load(b_rows + r * N, mask=r_ok & n_mask[None, :], other=0.0)  # [BM, BN]
+        b_r = tl.load(b_rows + r * N, mask=active[:, None] & n_mask[None, :], other=0.0)  # [BM, BN]
         delta += t_r[:, None] * b_r.to(tl.float32)
     return delta * scale[:, None]
 
