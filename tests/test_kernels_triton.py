@@ -146,7 +146,10 @@ def test_lora_shrink_expand_and_fused_epilogue_match_reference(cfg: Nf4Config) -
                                                                               "gluon 4 warps"]
 )  # fmt: skip
 @pytest.mark.parametrize("splits", [3, 32])  # 32: decode attention's partial sums of o's shrink, one per head
-def test_fused_epilogue_sums_the_partials_and_reads_no_rank_past_a_row(cfg: Nf4Config, splits: int) -> None:
+@pytest.mark.parametrize("slot_ranks", [(4, 16, 8), (2, 3, 1)])  # (2, 3, 1): fewer ranks than the Gluon tile's splits
+def test_fused_epilogue_sums_the_partials_and_reads_no_rank_past_a_row(
+    cfg: Nf4Config, splits: int, slot_ranks: tuple[int, ...]
+) -> None:
     """t of many partial sums, NaN past each row's rank: the epilogue adds nothing of those entries."""
     if cfg.gluon and not gluon_ready(DEVICE):
         pytest.skip("the Gluon tile needs CUDA (sm_80+) and Triton's Gluon")
@@ -154,14 +157,14 @@ def test_fused_epilogue_sums_the_partials_and_reads_no_rank_past_a_row(cfg: Nf4C
     gen = torch.Generator().manual_seed(7)
     b_stack = (torch.randn(s, r, n, generator=gen) * 0.1).to(torch.float16).to(DEVICE)
     scales = torch.tensor([0.5, 2.0, 1.0], device=DEVICE)
-    ranks = torch.tensor([4, 16, 8], dtype=torch.int32, device=DEVICE)
+    ranks = torch.tensor(slot_ranks, dtype=torch.int32, device=DEVICE)
     slot_ids = torch.tensor([0, -1, 2, 1, 2], dtype=torch.int32, device=DEVICE)
     t = torch.randn(m, splits, r, generator=gen).to(DEVICE)
     past = torch.arange(r, device=DEVICE) >= torch.where(slot_ids >= 0, ranks[slot_ids.clamp(min=0)], 0)[:, None]
     t.masked_fill_(past[:, None, :], float("nan"))
     qweight, absmax, code, reference = _weight(n, k, seed=10)
     x = torch.randn(m, k, generator=gen).to(torch.float16).to(DEVICE)
-    lora = LoraExpand(t, slot_ids, b_stack, scales, ranks)
+    lora = LoraExpand(t, slot_ids, b_stack, scales, ranks, rank_bound=max(slot_ranks))
     fused = nf4_matmul_triton(x, qweight, absmax, code, n, k, config=cfg, lora=lora)
     base = (x.float() @ reference.float().t()).to(torch.float16)
     assert _rel(fused, lora_expand_reference(t, slot_ids, b_stack, scales, ranks, base.float())) < 1e-3

@@ -9,7 +9,8 @@ up, scales them by the block's absmax in fp16 and returns them as 4 fp16 pairs; 
 no-op `mov` make them fp16 elements in the operand's layout, so the conversion to the MMA operand moves nothing
 (no shared memory). Each warp holds T row tiles of 16 that share its x fragment. Split-K partials go through a
 workspace and an atomic ticket per tile, summed in a fixed order by the tile's last program (deterministic). A fused
-LoRA expand goes into the first split's partial, as in nf4_triton.py.
+LoRA expand is shared by the splits, a few ranks each: it starts each split's partial, its loads in flight with the
+first step's, so it adds little to any program's path.
 """
 
 from __future__ import annotations
@@ -56,20 +57,6 @@ def x_layout(warps: int, nx: int) -> gl.DistributedLinearLayout:
     )
 
 
-def t_layout(warps: int, r_p2: int, nx: int) -> gl.BlockedLayout:
-    """[partial sums, ranks, x rows] of a fused expand's t: lanes along the ranks (contiguous), each lane all
-    columns of x, partial sums across the rest of the lanes and the warps (one reduction over them)."""
-    r_lanes = min(r_p2, 32)
-    return gl.BlockedLayout([1, 1, nx], [32 // r_lanes, r_lanes, 1], [warps, 1, 1], [1, 0, 2])
-
-
-def delta_layout(warps: int, rows: int, nx: int) -> gl.BlockedLayout:
-    """[rows, x rows] of a fused expand's delta: each lane 8 consecutive weight rows (one 16-byte load of B)."""
-    row_lanes = min(32, max(1, rows // 8))
-    row_warps = min(warps, max(1, rows // (8 * row_lanes)))
-    return gl.BlockedLayout([8, 1], [row_lanes, 32 // row_lanes], [row_warps, warps // row_warps], [0, 1])
-
-
 @gluon.jit
 def _nf4_mma_kernel(
     x_ptr, q_ptr, absmax_ptr, table_ptr, y_ptr, ws_ptr, ticket_ptr,
@@ -77,8 +64,7 @@ def _nf4_mma_kernel(
     M, N, K, k_words, stride_xm, stride_ym, steps_per_split, split_k, lora_r, seg1, seg2,
     ROWS: gl.constexpr, NX: gl.constexpr, WORDS: gl.constexpr, X: gl.constexpr, WARPS: gl.constexpr, IS_SPLIT: gl.constexpr,
     PAIRS_ASM: gl.constexpr, PREFETCH: gl.constexpr, HAS_LORA: gl.constexpr, BLOCK_R: gl.constexpr,
-    NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr, R_P2: gl.constexpr, T_LAYOUT: gl.constexpr,
-    D_LAYOUT: gl.constexpr,
+    NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr, R_P2: gl.constexpr, RANKS: gl.constexpr,
 ):  # fmt: skip
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=8)
@@ -104,20 +90,15 @@ def _nf4_mma_kernel(
         + gl.expand_dims(gl.minimum(nn, M - 1) * stride_xm, 1)
         + gl.expand_dims(gl.arange(0, 64, layout=gl.SliceLayout(0, X)), 0)
     )
-    acc = gl.zeros([ROWS, NX], gl.float32, layout=mma)
     # steps, not k, count the loop, so that every step's loads are known to be 16-byte aligned
     s_begin = pid_k * steps_per_split
     if PREFETCH:  # each step's operands are loaded one step ahead
         words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, s_begin * STEP_K)
-    if HAS_LORA:  # the expand's slots and summed t before the loop: their latency overlaps the first step's loads
-        cols = gl.arange(0, NX, layout=gl.SliceLayout(0, D_LAYOUT))
-        slots = gl.load(slot_ptr + cols, mask=cols < M, other=-1)
-        active = slots >= 0
-        slots = gl.maximum(slots, 0)
-        rank = gl.load(rank_ptr + slots, mask=active, other=0)
-        lora_scale = gl.load(lora_scale_ptr + slots, mask=active, other=0.0)
-        t_smem = _lora_t(t_ptr, pid_k == 0, row0, M, lora_r, seg1, seg2, NX, T_LAYOUT, BLOCK_R, R_P2, NUM_SEG,
-                         T_SPLITS, T_BLOCK)  # fmt: skip
+    if HAS_LORA:  # each split's partial starts with the LoRA expand of its RANKS ranks, loaded beside the first step's
+        acc = _lora_delta(t_ptr, slot_ptr, rank_ptr, lora_scale_ptr, b_ptr, row0, pid_k * RANKS, M, N, lora_r, seg1,
+                          seg2, ROWS, NX, BLOCK_R, RANKS, NUM_SEG, T_SPLITS, T_BLOCK, mma)  # fmt: skip
+    else:
+        acc = gl.zeros([ROWS, NX], gl.float32, layout=mma)
     if PREFETCH:
         for step in range(s_begin + 1, s_begin + steps_per_split):
             next_words, next_scale, next_xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, step * STEP_K)
@@ -130,12 +111,6 @@ def _nf4_mma_kernel(
             acc = _step(words, scale, xt, v0, v1, v2, v3, acc, a_layout, b_layout, ROWS, PAIRS_ASM)
     out_rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma))
     out_m = gl.arange(0, NX, layout=gl.SliceLayout(0, mma))
-    # the first split's partial carries the LoRA expand; HAS_LORA is resolved at compile time, pid_k at run time
-    if HAS_LORA:  # noqa: SIM102
-        if pid_k == 0:
-            delta = _lora_delta(t_smem, slots, active, rank, lora_scale, b_ptr, row0, N, lora_r, ROWS, NX, D_LAYOUT,
-                                BLOCK_R)  # fmt: skip
-            acc += gl.convert_layout(delta, mma)
     if IS_SPLIT:
         tile_offs = gl.expand_dims(gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma)) * NX, 1) + gl.expand_dims(out_m, 0)
         tile_ws = ws_ptr + pid_n * split_k * (ROWS * NX)
@@ -194,45 +169,35 @@ def _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0):
 
 
 @gluon.jit
-def _lora_t(t_ptr, wanted, row0, M, R, seg1, seg2, NX: gl.constexpr, T_LAYOUT: gl.constexpr, BLOCK_R: gl.constexpr,
-            R_P2: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr):  # fmt: skip
-    """t[m, :, g*R : g*R + BLOCK_R] summed over its T_SPLITS partial sums in one reduction, [R_P2, NX] (rank by
-    column of x) in shared memory, g the segment of row0; read nothing unless `wanted`."""
+def _lora_delta(t_ptr, slot_ptr, rank_ptr, scale_ptr, b_ptr, row0, r0, M, N, R, seg1, seg2, ROWS: gl.constexpr,
+                NX: gl.constexpr, BLOCK_R: gl.constexpr, RANKS: gl.constexpr, NUM_SEG: gl.constexpr,
+                T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr, LAYOUT: gl.constexpr):  # fmt: skip
+    """[ROWS, NX] in LAYOUT: the part of ranks r0 .. r0 + RANKS - 1 in scale_m * t_m[:rank_m] . B_s[:rank_m, row],
+    column m of x, s its slot (lora_triton.lora_delta_tile's math); zero for columns without an adapter. t[m, :,
+    g*R + r] (g the segment of row0) is summed over its T_SPLITS partial sums, in LAYOUT's columns."""
+    rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, LAYOUT))
+    cols = gl.arange(0, NX, layout=gl.SliceLayout(0, LAYOUT))
+    slots = gl.load(slot_ptr + cols, mask=cols < M, other=-1)
+    active = slots >= 0
+    slots = gl.maximum(slots, 0)
+    b_rows = b_ptr + gl.expand_dims(slots * (N * R), 0) + gl.expand_dims(rows, 1)  # [ROWS, NX]
+    b_in = gl.expand_dims(rows < N, 1) & gl.expand_dims(active, 0)
     seg = 0
     if NUM_SEG > 1:
         seg += (row0 >= seg1).to(gl.int32)
     if NUM_SEG > 2:
         seg += (row0 >= seg2).to(gl.int32)
-    i = gl.arange(0, T_BLOCK, layout=gl.SliceLayout(1, gl.SliceLayout(2, T_LAYOUT)))
-    r = gl.arange(0, R_P2, layout=gl.SliceLayout(0, gl.SliceLayout(2, T_LAYOUT)))
-    m = gl.arange(0, NX, layout=gl.SliceLayout(0, gl.SliceLayout(0, T_LAYOUT)))
-    i = gl.expand_dims(gl.expand_dims(i, 1), 2)  # [TB, 1, 1]
-    r = gl.expand_dims(gl.expand_dims(r, 0), 2)  # [1, RP, 1]
-    m = gl.expand_dims(gl.expand_dims(m, 0), 0)  # [1, 1, NX]
-    ptrs = t_ptr + (m * T_SPLITS + i) * (NUM_SEG * R) + seg * R + r
-    t = gl.sum(gl.load(ptrs, mask=(i < T_SPLITS) & (r < BLOCK_R) & (m < M) & wanted, other=0.0), axis=0)
-    smem_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    t_smem = gl.allocate_shared_memory(gl.float32, [R_P2, NX], smem_layout, t)
-    gl.thread_barrier()
-    return t_smem
-
-
-@gluon.jit
-def _lora_delta(t_smem, slots, active, rank, scale, b_ptr, row0, N, R, ROWS: gl.constexpr, NX: gl.constexpr,
-                LAYOUT: gl.constexpr, BLOCK_R: gl.constexpr):  # fmt: skip
-    """[ROWS, NX] in LAYOUT (each lane a run of rows, so B loads 16 bytes at a time): scale_m * t_m[:rank_m] .
-    B_s[:rank_m, row] for column m of x, s = slots[m] (lora_triton.lora_delta_tile's math, rank by rank), t_m from
-    `_lora_t`; zero where not `active`. slots, active, rank, scale: [NX]."""
-    rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, LAYOUT))
-    b_ptrs = b_ptr + gl.expand_dims(slots * (N * R), 0) + gl.expand_dims(rows, 1)  # [ROWS, NX]
-    b_in = gl.expand_dims(rows < N, 1) & gl.expand_dims(active, 0)
-    rank = gl.expand_dims(rank, 0)
+    i = gl.expand_dims(gl.arange(0, T_BLOCK, layout=gl.SliceLayout(1, LAYOUT)), 1)  # [TB, 1]
+    t_rows = t_ptr + (gl.expand_dims(cols, 0) * T_SPLITS + i) * (NUM_SEG * R) + seg * R  # [TB, NX]
+    t_in = (i < T_SPLITS) & gl.expand_dims(cols < M, 0)
+    rank = gl.load(rank_ptr + slots, mask=active, other=0)
     delta = gl.zeros([ROWS, NX], gl.float32, layout=LAYOUT)
-    for r in gl.static_range(BLOCK_R):
-        t_r = gl.where(r < rank, t_smem.slice(r, 1).load(LAYOUT), 0.0)  # [1, NX]
-        b_r = gl.load(b_ptrs + r * N, mask=b_in, other=0.0)
-        delta += t_r * b_r.to(gl.float32)
-    return delta * gl.expand_dims(scale, 0)
+    for j in gl.static_range(RANKS):
+        r = r0 + j
+        b_r = gl.load(b_rows + r * N, mask=b_in & (r < BLOCK_R), other=0.0)  # [ROWS, NX]
+        t_r = gl.sum(gl.load(t_rows + r, mask=t_in & (r < BLOCK_R), other=0.0), axis=0)  # [NX]
+        delta += gl.expand_dims(gl.where(r < rank, t_r, 0.0), 0) * b_r.to(gl.float32)
+    return delta * gl.expand_dims(gl.load(scale_ptr + slots, mask=active, other=0.0), 0)
 
 
 @gluon.jit
@@ -260,14 +225,12 @@ def nf4_matmul_mma(
     tile = cfg.block_n * cfg.block_m
     ws = torch.empty((grid[0] * cfg.split_k * tile,), dtype=torch.float32, device=x.device) if cfg.split_k > 1 else y
     lora_args, lora_consts = expand_args(lora, y, cfg.block_n)
-    r_p2 = lora_consts["R_P2"]
     tiles = cfg.block_n // (16 * cfg.num_warps)
     _nf4_mma_kernel[grid](
         x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, ws, tickets, *lora_args[:5],
         m, n, k, k // 8, x.stride(0) // 2, y.stride(0), k // (STEP * cfg.split_k), cfg.split_k, *lora_args[5:],
         ROWS=cfg.block_n, NX=cfg.block_m, WORDS=word_layout(cfg.num_warps, tiles), X=x_layout(cfg.num_warps, cfg.block_m),
         WARPS=cfg.num_warps, IS_SPLIT=cfg.split_k > 1, PAIRS_ASM=pairs_asm, PREFETCH=cfg.num_stages == 2,
-        **lora_consts, T_LAYOUT=t_layout(cfg.num_warps, r_p2, cfg.block_m),
-        D_LAYOUT=delta_layout(cfg.num_warps, cfg.block_n, cfg.block_m), num_warps=cfg.num_warps,
+        **lora_consts, RANKS=-(-lora_consts["BLOCK_R"] // cfg.split_k), num_warps=cfg.num_warps,
     )  # fmt: skip
     return y
