@@ -51,10 +51,13 @@ def lora_delta_tile(
     (every unmasked column lies in segment g of n_start); fp32; zero for rows without an adapter. t's T_SPLITS
     partial sums of every rank (BLOCK_R: the largest resident rank, R_P2 its power of two) load as one tile and are
     summed once (summed rank by rank, 32 partials cost the one-row NF4 epilogue 4.9 us instead of 1.2 us at M = 1 on
-    an H200, probe_lora_fusion); then rank by rank, one outer product each: every B row loads contiguous. The loads
-    are masked by the row's rank: applying it after them instead made the separate expand kernel slower (4.7 -> 7.0
-    us at M = 1, 4.1 -> 10.7 us at M = 8 on an H200), though it shortens RMSNorm's and the one pass's chains
-    (lora_a_slice)."""
+    an H200, probe_lora_fusion); then rank by rank, one outer product each: every B row loads contiguous. B's
+    loads wait for the slot alone, masked by the adapter, not its rank (B past a slot's rank is zero: LoraStack.write
+    clears the slot); the rank masks the summed t, which may hold anything past it. This made SiLU-mul's expand
+    cheaper (probe_lora_fusion, H200: both halves 7.7 -> 6.8 us at M = 8) and the separate expand kernel dearer where
+    BLOCK_R exceeds the rows' ranks (rank 16 of a rank-64 stack without a rank bound: 5.5 -> 7.5 us at M = 8). As
+    one [BM, ranks, BN] tile summed over the ranks, the expand kernel took 4.5 us instead of 7.5, SiLU-mul 12.9
+    instead of 6.8 (the sum over ranks crosses warps)."""
     m_mask = offs_m < M
     slots = tl.load(slot_ptr + offs_m, mask=m_mask, other=-1)  # [BM]
     active = slots >= 0
