@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,15 +28,24 @@ from engine.model_config import LlamaArgs
 from engine.model_runner import ModelRunner
 from engine.parking import ParkedTensors
 from engine.quant import TRITON_ROWS
-from engine.sampling import RowSampler, sample
+from engine.sampling import RowSampler
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.stats import EngineStats, StatsRecorder
 from engine.tokenizer import IncrementalDetokenizer, Prompt, PromptEncoder
+from engine.transfer import PendingTokens
 
 log = logging.getLogger(__name__)
 RETURN_RETRY_S = 0.5  # a parked LLM that did not fit back on the GPU tries again this often
 PREFILL_BATCH_TOKENS = 2048  # prompts admitted together share one prefill forward up to this many tokens
+
+
+@dataclass
+class DecodeStep:
+    """A queued decode step whose tokens the host has not read yet."""
+
+    seqs: list[Sequence]
+    tokens: PendingTokens
 
 
 def prefill_groups(seqs: list[Sequence]) -> list[list[Sequence]]:
@@ -86,6 +96,7 @@ class Engine:
         self.runner = ModelRunner(self.model, self.cache, self.device, config.cuda_graphs, self.adapters.version)
         self.scheduler = Scheduler(config.max_batch_size)
         self._stats = StatsRecorder()
+        self._in_flight: DecodeStep | None = None
         self._cv = threading.Condition()
         self._incoming: list[list[Sequence]] = []
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
@@ -359,7 +370,8 @@ class Engine:
     def _prefill_group(self, group: list[Sequence]) -> None:
         """One forward for the group; if it fails, each prompt again alone, so only a bad one ends in an error."""
         try:
-            tokens = sample(self.runner.prefill(group), [s.sampler for s in group]).tolist()
+            logits = self.runner.prefill(group)
+            tokens = self.runner.take_tokens(logits, group, list(range(len(group)))).wait()
         except Exception as e:
             if len(group) > 1:
                 log.warning("batched prefill of %d requests failed (%s); prefilling them one by one", len(group), e)
@@ -375,22 +387,49 @@ class Engine:
                 self._finish(seq)
 
     def _decode(self) -> None:
+        """Queues this decode step, then reads the one before it: the host's share of a step (reading its tokens,
+        streaming text, preparing the next inputs) runs while the GPU computes the next step."""
+        queued = self._queue_decode()
+        self._read_decode()
+        self._in_flight = queued
+
+    def _queue_decode(self) -> DecodeStep | None:
         rows = [self.scheduler.running.get(i) for i in range(self.scheduler.decode_rows())]
+        rows = [s if s is not None and s.wants_token else None for s in rows]
         live = [s for s in rows if s is not None]
+        if not live:
+            return None
         try:
-            logits = self.runner.decode(rows)
-            index = torch.tensor([i for i, s in enumerate(rows) if s is not None], device=logits.device)
-            tokens = sample(logits.index_select(0, index), [s.sampler for s in live]).tolist()
+            tokens = self.runner.take_tokens(self.runner.decode(rows), live, [s.slot for s in live])
         except Exception as e:
-            log.exception("decode step failed")
-            for seq in live:
-                self._finish(seq, "error", f"decode failed: {e}")
-            return
+            self._fail_decode(live, e)
+            return None
+        for seq in live:
+            seq.pending += 1
         self._stats.record("decode", [s.request_id for s in live], [s.adapter for s in live], len(live))
-        for seq, token in zip(live, tokens, strict=True):
+        return DecodeStep(live, tokens)
+
+    def _read_decode(self) -> None:
+        step, self._in_flight = self._in_flight, None
+        if step is None:
+            return
+        try:
+            tokens = step.tokens.wait()
+        except Exception as e:
+            self._fail_decode([s for s in step.seqs if s.finish_reason is None], e)
+            return
+        for seq, token in zip(step.seqs, tokens, strict=True):
+            seq.pending -= 1
+            if seq.finish_reason is not None:  # it ended while this step ran (stop, cancel, error): token dropped
+                continue
             seq.append(token, self.encoder.eos_ids)
             if seq.finish_reason:
                 self._finish(seq)
+
+    def _fail_decode(self, seqs: list[Sequence], error: Exception) -> None:
+        log.exception("decode step failed")
+        for seq in seqs:
+            self._finish(seq, "error", f"decode failed: {error}")
 
     def _reap_cancelled(self) -> None:
         for seq in self.scheduler.remove_waiting(lambda s: s.handle.cancel_requested):

@@ -11,7 +11,9 @@ import torch
 from engine.kv_cache import KVCache
 from engine.lora.context import LoraRouting, set_routing
 from engine.model import ForwardMeta, LlamaModel
+from engine.sampling import sample
 from engine.sequence import Sequence
+from engine.transfer import PendingTokens, pinned, to_device
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,6 @@ def batch_bucket(n: int, max_rows: int) -> int:
 @dataclass
 class DecodeGraph:
     graph: torch.cuda.CUDAGraph
-    tokens: torch.Tensor  # [n]
     positions: torch.Tensor  # [n]
     lora_slots: torch.Tensor  # [n] int32
     logits: torch.Tensor  # [n, V]
@@ -47,6 +48,9 @@ class ModelRunner:
         self.lora_version = lora_version
         self._graphs: dict[tuple, DecodeGraph] = {}
         self._pool: tuple[int, int] | None = None  # the graphs' shared memory pool; a fresh one once none is left
+        # [slots] each slot's newest sampled token = its next decode input, written on the device by take_tokens,
+        # so a decode step can be queued before the host has read the token of the step before
+        self.last_tokens = torch.zeros(cache.num_slots, dtype=torch.long, device=device)
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -60,15 +64,22 @@ class ModelRunner:
         finally:
             set_routing(None)
 
+    def take_tokens(self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> PendingTokens:
+        # logits: [R, V]; rows[i] = the logits row of seqs[i] -> their sampled tokens, on their way to the host
+        index = to_device(rows, torch.long, self.device)
+        tokens = sample(logits.index_select(0, index), [s.sampler for s in seqs])  # [n]
+        self.last_tokens.index_copy_(0, to_device([s.slot for s in seqs], torch.long, self.device), tokens)
+        return PendingTokens.of(tokens)
+
     def _kv_len(self, max_position: int) -> int:
         blocks = (max_position + 1 + self.kv_block - 1) // self.kv_block
         return min(blocks * self.kv_block, self.cache.max_seq_len)
 
     @torch.inference_mode()
     def decode(self, rows: list[Sequence | None]) -> torch.Tensor:
-        # rows[i] is the sequence in slot i (None = hole); -> logits [n, V] for those rows
+        # rows[i] is the sequence in slot i (None = hole); -> logits [n, V] for those rows. Each row's input token
+        # is its slot's in last_tokens; the host lists below never wait for the device.
         n = len(rows)
-        tokens = [s.output_ids[-1] if s else 0 for s in rows]
         positions = [s.position if s else 0 for s in rows]
         lora_slots = [s.lora_slot if s else -1 for s in rows]
         kv_len = self._kv_len(max(positions))
@@ -76,16 +87,15 @@ class ModelRunner:
         if self.use_graphs:
             nb = batch_bucket(n, self.cache.num_slots)
             pad = nb - n
-            inputs = (tokens + [0] * pad, positions + [0] * pad, lora_slots + [-1] * pad)
+            inputs = (positions + [0] * pad, lora_slots + [-1] * pad)
             g = self._graph(nb, kv_len, use_lora, inputs)
-            for buf, values in zip((g.tokens, g.positions, g.lora_slots), inputs, strict=True):
-                buf.copy_(torch.tensor(values), non_blocking=True)
+            for buf, values in zip((g.positions, g.lora_slots), inputs, strict=True):
+                buf.copy_(pinned(values, buf.dtype, self.device), non_blocking=True)
             g.graph.replay()
             return g.logits[:n]
-        t = torch.tensor(tokens, device=self.device)
-        p = torch.tensor(positions, device=self.device)
-        s = torch.tensor(lora_slots, dtype=torch.int32, device=self.device)
-        return self._decode_forward(t, p, s if use_lora else None, kv_len)
+        p = to_device(positions, torch.long, self.device)
+        s = to_device(lora_slots, torch.int32, self.device)
+        return self._decode_forward(self.last_tokens[:n], p, s if use_lora else None, kv_len)
 
     def _decode_forward(
         self, tokens: torch.Tensor, positions: torch.Tensor, lora_slots: torch.Tensor | None, kv_len: int
@@ -110,9 +120,9 @@ class ModelRunner:
             stale = [k for k in self._graphs if k[2] and k[3] != key[3]]
             for k in stale:
                 del self._graphs[k]
-        tokens, positions, lora_slots = (
-            torch.tensor(v, dtype=dtype, device=self.device)
-            for v, dtype in zip(inputs, (torch.long, torch.long, torch.int32), strict=True)
+        tokens = self.last_tokens[:n]
+        positions, lora_slots = (
+            to_device(v, dtype, self.device) for v, dtype in zip(inputs, (torch.long, torch.int32), strict=True)
         )
         slots = lora_slots if use_lora else None
         stream = torch.cuda.Stream()
@@ -127,5 +137,5 @@ class ModelRunner:
         with torch.cuda.graph(graph, pool=self._pool):
             logits = self._decode_forward(tokens, positions, slots, kv_len)
         log.debug("captured decode graph rows=%d kv_len=%d lora=%s", n, kv_len, use_lora)
-        self._graphs[key] = DecodeGraph(graph, tokens, positions, lora_slots, logits)
+        self._graphs[key] = DecodeGraph(graph, positions, lora_slots, logits)
         return self._graphs[key]

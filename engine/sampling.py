@@ -7,6 +7,7 @@ import random
 import torch
 
 from engine.config import SamplingParams
+from engine.transfer import to_device
 
 
 class RowSampler:
@@ -30,17 +31,22 @@ class RowSampler:
             return None
         if self._seen is None:
             self._seen = torch.zeros(self._vocab_size, dtype=torch.bool, device=self._device)
-            self._seen[torch.tensor(self._prompt_ids, device=self._device)] = True
+            self._seen[to_device(self._prompt_ids, torch.long, self._device)] = True
         return self._seen
-
-    def observe(self, token: int) -> None:
-        seen = self.seen
-        if seen is not None:
-            seen[token] = True
 
 
 def sample(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
-    # logits: [B, V] fp32 -> token ids [B] int64 (on the device)
+    # logits: [B, V] fp32 -> token ids [B] int64, on the device; the host waits for nothing (engine/transfer.py)
+    tokens = _draw(logits, rows)
+    for i, row in enumerate(rows):
+        seen = row.seen
+        if seen is not None:
+            seen.index_fill_(0, tokens[i : i + 1], True)  # on the device: the next step's penalty sees it
+    return tokens
+
+
+def _draw(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
+    # logits: [B, V] fp32 -> token ids [B] int64
     device = logits.device
     for i, row in enumerate(rows):
         seen = row.seen
@@ -51,12 +57,12 @@ def sample(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     greedy = logits.argmax(dim=-1)
     if all(r.params.is_greedy for r in rows):
         return greedy
-    temps = torch.tensor([max(r.params.temperature, 1e-5) for r in rows], device=device)
+    temps = to_device([max(r.params.temperature, 1e-5) for r in rows], torch.float32, device)
     probs = torch.softmax(logits / temps[:, None], dim=-1)
     sorted_p, order = probs.sort(dim=-1, descending=True)  # [B, V]
     rank = torch.arange(probs.shape[-1], device=device)[None]  # [1, V]
-    top_k = torch.tensor([r.params.top_k or probs.shape[-1] for r in rows], device=device)
-    top_p = torch.tensor([r.params.top_p for r in rows], device=device)
+    top_k = to_device([r.params.top_k or probs.shape[-1] for r in rows], torch.long, device)
+    top_p = to_device([r.params.top_p for r in rows], torch.float32, device)
     before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly above each candidate
     keep = (rank < top_k[:, None]) & ((before < top_p[:, None]) | (rank == 0))
     kept = sorted_p * keep
@@ -64,5 +70,5 @@ def sample(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     u = torch.cat([torch.rand(1, generator=r.generator, device=device) for r in rows])  # [B]
     pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=probs.shape[-1] - 1)  # [B, 1]
     drawn = order.gather(1, pick).squeeze(1)
-    is_greedy = torch.tensor([r.params.is_greedy for r in rows], device=device)
+    is_greedy = to_device([r.params.is_greedy for r in rows], torch.bool, device)
     return torch.where(is_greedy, greedy, drawn)

@@ -24,6 +24,7 @@ class Sequence:
     slot: int = -1
     lora_slot: int = -1
     output_ids: list[int] = field(default_factory=list)
+    pending: int = 0  # tokens sampled by queued decode steps that the host has not read yet
     emitted: int = 0
     final_text: str | None = None
     finish_reason: str | None = None
@@ -33,8 +34,19 @@ class Sequence:
 
     @property
     def position(self) -> int:
-        """Position of the next token to feed (the last sampled one)."""
-        return len(self.prompt_ids) + len(self.output_ids) - 1
+        """Position of the next token to feed (the last sampled one, maybe still on the device)."""
+        return len(self.prompt_ids) + len(self.output_ids) + self.pending - 1
+
+    @property
+    def wants_token(self) -> bool:
+        """Whether the next decode step samples for it: its tokens, read and pending, are short of its limits.
+        A stop token or string among the pending ones ends it sooner; the token sampled after that is dropped."""
+        made = len(self.output_ids) + self.pending
+        return (
+            self.finish_reason is None
+            and made < self.sampling.max_tokens
+            and len(self.prompt_ids) + made < self.max_seq_len
+        )
 
     @property
     def holdback(self) -> int:
@@ -45,7 +57,6 @@ class Sequence:
         if self.t_first is None:
             self.t_first = time.perf_counter()
         self.output_ids.append(token)
-        self.sampler.observe(token)
         p = self.sampling
         if (token in eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
             self.finish_reason = "stop"
