@@ -118,6 +118,8 @@ class ModelRunner:
             return self._graphs[key]
         if use_lora:
             stale = [k for k in self._graphs if k[2] and k[3] != key[3]]
+            if stale:  # the step before may still run one of them; its memory must not go to another stream yet
+                torch.cuda.current_stream(self.device).synchronize()
             for k in stale:
                 del self._graphs[k]
         tokens = self.last_tokens[:n]
