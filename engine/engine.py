@@ -371,7 +371,7 @@ class Engine:
         """One forward for the group; if it fails, each prompt again alone, so only a bad one ends in an error."""
         try:
             logits = self.runner.prefill(group)
-            tokens = self.runner.take_tokens(logits, group, list(range(len(group)))).wait()
+            tokens = self.runner.take_tokens(logits, group, by_slot=False).wait()
         except Exception as e:
             if len(group) > 1:
                 log.warning("batched prefill of %d requests failed (%s); prefilling them one by one", len(group), e)
@@ -400,7 +400,7 @@ class Engine:
         if not live:
             return None
         try:
-            tokens = self.runner.take_tokens(self.runner.decode(rows), live, [s.slot for s in live])
+            tokens = self.runner.take_tokens(self.runner.decode(rows), live, by_slot=True)
         except Exception as e:
             self._fail_decode(live, e)
             return None

@@ -64,11 +64,12 @@ class ModelRunner:
         finally:
             set_routing(None)
 
-    def take_tokens(self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> PendingTokens:
-        # logits: [R, V]; rows[i] = the logits row of seqs[i] -> their sampled tokens, on their way to the host
-        index = to_device(rows, torch.long, self.device)
-        tokens = sample(logits.index_select(0, index), [s.sampler for s in seqs])  # [n]
-        self.last_tokens.index_copy_(0, to_device([s.slot for s in seqs], torch.long, self.device), tokens)
+    def take_tokens(self, logits: torch.Tensor, seqs: list[Sequence], by_slot: bool) -> PendingTokens:
+        # logits: [R, V], row i = seqs[i] (prefill) or row = each seq's slot (by_slot: decode) -> their sampled
+        # tokens, on their way to the host; each also becomes its slot's next decode input
+        slots = to_device([s.slot for s in seqs], torch.long, self.device)  # [n]
+        tokens = sample(logits.index_select(0, slots) if by_slot else logits, [s.sampler for s in seqs])  # [n]
+        self.last_tokens.index_copy_(0, slots, tokens)
         return PendingTokens.of(tokens)
 
     def _kv_len(self, max_position: int) -> int:
