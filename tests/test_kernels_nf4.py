@@ -7,7 +7,7 @@ import torch
 from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
 from engine.kernels import nf4_dequantize, nf4_dequantize_reference, nf4_matmul
-from engine.kernels.nf4_configs import TUNED, TUNED_MMA, Nf4Config, m_bucket, pick_config
+from engine.kernels.nf4_configs import TUNED, TUNED_GEMV, TUNED_MMA, Nf4Config, m_bucket, pick_config
 
 LLAMA3_8B_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 
@@ -61,14 +61,15 @@ def test_bad_arguments_name_the_argument() -> None:
 
 @pytest.mark.parametrize(("n", "k"), [*LLAMA3_8B_SHAPES, (2048, 8192), (256, 192), (96, 64)])
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 17, 512])
-@pytest.mark.parametrize("mma", [False, True])
-def test_picked_config_tiles_k_exactly(n: int, k: int, m: int, mma: bool) -> None:
-    cfg = pick_config(m, n, k, blocksize=64, num_sms=132, mma=mma)
+@pytest.mark.parametrize(("mma", "gemv"), [(False, False), (True, False), (True, True)])
+def test_picked_config_tiles_k_exactly(n: int, k: int, m: int, mma: bool, gemv: bool) -> None:
+    cfg = pick_config(m, n, k, blocksize=64, num_sms=132, mma=mma, gemv=gemv)
     assert k % (cfg.split_k * cfg.block_k) == 0
     assert cfg.block_k % 64 == 0
     assert not cfg.use_dot or cfg.block_m >= (m if cfg.gluon else 16)
-    assert cfg.use_dot == (m > 1), "one row runs the word tile, more rows the tensor-core tiles"
-    assert not cfg.gluon or (mma and 2 <= m <= 8), "the Gluon tile only where asked for, up to 8 rows"
+    assert cfg.use_dot == (m > 1), "one row runs a word tile, more rows the tensor-core tiles"
+    assert not cfg.gluon or (mma and 2 <= m <= 8) or (gemv and m == 1), "Gluon tiles only where asked for"
+    assert not (cfg.gluon and m == 1) or n % cfg.block_n == 0, "the Gluon one-row tile takes whole row tiles"
 
 
 @pytest.mark.parametrize("blocksize", [32, 64, 128, 256])
@@ -88,6 +89,8 @@ def test_tuned_table_covers_the_8b_shapes_and_tiles_their_k() -> None:
         for m in (1, 2, 3, 4, 8, 16):
             want = TUNED_MMA[(n, k, m_bucket(m))] if 2 <= m <= 8 else TUNED[(n, k, m_bucket(m))]
             assert pick_config(m, n, k, blocksize=64, num_sms=132, mma=True) is want
+            one_row = TUNED_GEMV[(n, k, 1)] if m == 1 else want
+            assert pick_config(m, n, k, blocksize=64, num_sms=132, mma=True, gemv=True) is one_row
 
 
 def test_m_bucket_and_config_validation() -> None:
@@ -112,3 +115,21 @@ def test_m_bucket_and_config_validation() -> None:
         Nf4Config(**{**gluon, "block_n": 16})
     with pytest.raises(ValueError, match="first MMA operand"):
         Nf4Config(**{**gluon, "lookup": 3})
+    gemv = dict(
+        block_m=1,
+        block_n=16,
+        block_k=512,
+        use_dot=False,
+        num_warps=4,
+        num_stages=2,
+        lookup=5,
+        gluon=True,
+        programs_per_sm=2,
+    )
+    assert Nf4Config(**gemv).gluon
+    with pytest.raises(ValueError, match="byte table"):
+        Nf4Config(**{**gemv, "gluon": False})
+    with pytest.raises(ValueError, match="whole thread rows"):
+        Nf4Config(**{**gemv, "block_n": 4})
+    with pytest.raises(ValueError, match="programs_per_sm"):
+        Nf4Config(**{**gemv, "programs_per_sm": 0})

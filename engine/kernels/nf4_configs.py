@@ -13,8 +13,10 @@ MAX_SMALL_M = 16
 @dataclass(frozen=True)
 class Nf4Config:
     """One launch shape. `use_dot` multiplies on tensor cores (block_m >= 16); otherwise FMAs, one row per program.
-    `gluon`: the register-fed MMA tile of nf4_mma_gluon.py for up to block_m (8 or 16) rows, block_n weight rows
-    per program in row tiles of 16 per warp, K steps of 128; num_stages 2 loads each step's operands one step
+    `gluon` with use_dot: the register-fed MMA tile of nf4_mma_gluon.py for up to block_m (8 or 16) rows, block_n
+    weight rows per program in row tiles of 16 per warp, K steps of 128. `gluon` without: the one-row tile of
+    nf4_gemv_gluon.py (lookup 5, the byte table in shared memory), block_n rows per tile over all of K in steps of
+    block_k, `programs_per_sm` persistent programs per SM. In both, num_stages 2 loads each step's operands one step
     ahead."""
 
     block_m: int = 16
@@ -24,17 +26,21 @@ class Nf4Config:
     use_dot: bool = True
     num_warps: int = 4
     num_stages: int = 3
-    lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX pair per byte, 4 register table
+    lookup: int = 1  # table reads: 0 tl.load gather, 1 PTX per nibble, 3 PTX pair per byte, 4 register table,
+    # 5 byte table in shared memory (Gluon one-row tile)
     swap_ab: bool = False  # tensor cores: y^T = W x^T, the dequantized weight tile as the first operand
     gluon: bool = False
+    programs_per_sm: int = 0  # the Gluon one-row tile's persistent programs per SM
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "num_warps"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"{name}: must be a power of two, got {value}")
-        if self.lookup not in (0, 1, 3, 4):
-            raise ValueError(f"lookup: must be 0, 1, 3 or 4, got {self.lookup}")
+        if self.lookup not in (0, 1, 3, 4, 5):
+            raise ValueError(f"lookup: must be 0, 1, 3, 4 or 5, got {self.lookup}")
+        if (self.lookup == 5) != (self.gluon and not self.use_dot):
+            raise ValueError("lookup: the shared-memory byte table (5) is the Gluon one-row tile's, and only its")
         if self.lookup == 4 and self.use_dot and not self.swap_ab:
             raise ValueError("lookup: on tensor cores the register table (4) runs on the swapped path only")
         if self.split_k < 1 or self.num_stages < 1:
@@ -45,12 +51,21 @@ class Nf4Config:
             raise ValueError("swap_ab: only the tensor-core path (use_dot) swaps its operands")
         if not self.use_dot and self.block_m != 1:
             raise ValueError(f"use_dot: the FMA path computes one row per program (block_m 1), got {self.block_m}")
-        if not self.use_dot and self.lookup not in (0, 4):
-            raise ValueError(f"lookup: the one-row path reads the register table (4) or gathers (0), got {self.lookup}")
-        if self.gluon:
-            self._check_gluon()
+        if not self.use_dot and self.lookup not in (0, 4, 5):
+            raise ValueError(f"lookup: the one-row path reads a table (4, 5) or gathers (0), got {self.lookup}")
+        if self.gluon and self.use_dot:
+            self._check_gluon_mma()
+        if self.gluon and not self.use_dot:
+            self._check_gluon_gemv()
 
-    def _check_gluon(self) -> None:
+    def _check_gluon_gemv(self) -> None:
+        lanes_per_row = self.block_k // 32  # 4 words of 8 weights per lane and step
+        if self.block_k not in (128, 256, 512, 1024) or self.num_stages not in (1, 2) or self.programs_per_sm < 1:
+            raise ValueError(f"gluon one-row: takes block_k 128-1024, 1-2 stages, programs_per_sm >= 1, got {self}")
+        if self.block_n % (32 // lanes_per_row * self.num_warps):
+            raise ValueError(f"gluon one-row: block_n must cover whole thread rows (32 lanes per warp), got {self}")
+
+    def _check_gluon_mma(self) -> None:
         tiles = self.block_n // (16 * self.num_warps)
         if self.block_m not in (8, 16) or self.block_k != 128 or self.num_stages not in (1, 2):
             raise ValueError(f"gluon: takes block_m 8 or 16, block_k 128 and 1-2 stages, got {self}")
@@ -82,6 +97,12 @@ def _words(block_n: int = 16, block_k: int = 2048, num_warps: int = 4, split_k: 
     """The one-row tile (lookup 4): packed int32 words times x on packed fp16 units; by default a few rows over
     long K steps, whole rows per program (run 10: fewer, longer programs stream the weights faster)."""
     return Nf4Config(1, block_n, block_k, split_k, use_dot=False, num_warps=num_warps, num_stages=1, lookup=4)
+
+
+def _gemv(block_n: int, block_k: int, num_warps: int, programs_per_sm: int, prefetch: bool) -> Nf4Config:
+    """The Gluon one-row tile: the byte table in shared memory, persistent programs."""
+    return Nf4Config(1, block_n, block_k, 1, use_dot=False, num_warps=num_warps, num_stages=2 if prefetch else 1,
+                     lookup=5, gluon=True, programs_per_sm=programs_per_sm)  # fmt: skip
 
 
 def _mma(block_n: int, split_k: int, num_warps: int, prefetch: bool) -> Nf4Config:
@@ -116,13 +137,26 @@ TUNED_MMA: dict[tuple[int, int, int], Nf4Config] = {
 }
 
 
-def pick_config(m: int, n: int, k: int, blocksize: int, num_sms: int, mma: bool = False) -> Nf4Config:
-    """The tuned config for this shape when there is one (with `mma`, the Gluon tile first); else, for one row, the
+# M = 1 where the Gluon one-row tile runs (docs/KERNELS.md, twelfth session): (rows, k per step, warps, programs per
+# SM, prefetch).
+TUNED_GEMV: dict[tuple[int, int, int], Nf4Config] = {
+    (6144, 4096, 1): _gemv(16, 512, 4, 3, prefetch=True),
+    (4096, 4096, 1): _gemv(16, 1024, 8, 3, prefetch=True),
+    (28672, 4096, 1): _gemv(32, 1024, 4, 3, prefetch=False),
+    (4096, 14336, 1): _gemv(16, 1024, 8, 2, prefetch=True),
+}
+
+
+def pick_config(
+    m: int, n: int, k: int, blocksize: int, num_sms: int, mma: bool = False, gemv: bool = False
+) -> Nf4Config:
+    """The tuned config for this shape when there is one (with `gemv` the Gluon one-row tile first, with `mma` the
+    Gluon MMA tile); else, for one row, the
     word tile; for up to 16 rows the register-table tile (or, for absmax blocks other than 64, the byte-pair-table
     tile); each with a split-K that fills the GPU (one row: at least one program per SM). Larger M: a plain tiled
     GEMM."""
-    tuned = TUNED_MMA.get((n, k, m_bucket(m))) if mma else None
-    tuned = tuned or TUNED.get((n, k, m_bucket(m)))
+    key = (n, k, m_bucket(m))
+    tuned = (TUNED_GEMV.get(key) if gemv else None) or (TUNED_MMA.get(key) if mma else None) or TUNED.get(key)
     if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and blocksize == TUNED_BLOCKSIZE:
         return tuned
     if m > MAX_SMALL_M:

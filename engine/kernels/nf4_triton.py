@@ -13,7 +13,8 @@ packed bytes of BLOCK_K / GROUP absmax blocks of BLOCK_N rows once.
   keep even and odd k apart, multiplied with the even and odd columns of x.
 Lookup 0 is the interpreter's: plain gathers where the GPU runs inline PTX.
 Where Gluon runs (`gluon_ready`), 2-8 rows go to nf4_mma_gluon.py's register-fed MMA tile instead (a config with
-gluon=True, picked from nf4_configs.TUNED_MMA).
+gluon=True, picked from nf4_configs.TUNED_MMA), and where two 64 KB tables fit in an SM's shared memory
+(`gemv_ready`) one row goes to nf4_gemv_gluon.py's byte-table tile (nf4_configs.TUNED_GEMV).
 Split-K partials go to a workspace; the last program to finish a tile (an atomic ticket per
 tile, reset by that program) sums them in a fixed order, so results are deterministic. The fused LoRA expand goes
 into the first split's partial.
@@ -42,6 +43,7 @@ TICKETS = 1 << 16
 _tickets: dict[torch.device, torch.Tensor] = {}
 _num_sms: dict[torch.device, int] = {}
 _gluon_ready: dict[torch.device, bool] = {}
+_gemv_programs: dict[torch.device, int] = {}  # programs of the Gluon one-row tile resident per SM (0: not run)
 _code_derived: dict[tuple[str, torch.device, int], object] = {}
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -312,6 +314,24 @@ def gluon_ready(device: torch.device) -> bool:
     return _gluon_ready[device]
 
 
+def gemv_resident(device: torch.device) -> int:
+    """How many programs of the Gluon one-row tile fit on one SM at once (0 where Gluon does not run)."""
+    if device not in _gemv_programs:
+        resident = 0
+        if gluon_ready(device):
+            from engine.kernels.nf4_gemv_gluon import resident_programs
+
+            resident = resident_programs(device)
+        _gemv_programs[device] = resident
+    return _gemv_programs[device]
+
+
+def gemv_ready(device: torch.device) -> bool:
+    """Whether the Gluon one-row tile runs here by default: at least two of its programs (each with a 64 KB table in
+    shared memory) fit on an SM, as on datacenter GPUs (consumer RTX cards have 100 KB per SM)."""
+    return gemv_resident(device) >= 2
+
+
 def num_sms(device: torch.device) -> int:
     if device not in _num_sms:
         _num_sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
@@ -332,7 +352,14 @@ def nf4_matmul_triton(
     """y [M, N] fp16 = x [M, K] fp16 @ W^T, plus the fused LoRA expand when `lora` is given."""
     m = x.shape[0]
     assert x.stride(1) == 1 and k % blocksize == 0 and blocksize % 2 == 0
-    cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device), mma=gluon_ready(x.device))
+    cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device), mma=gluon_ready(x.device),
+                                gemv=gemv_ready(x.device))  # fmt: skip
+    if cfg.gluon and not cfg.use_dot:
+        from engine.kernels.nf4_gemv_gluon import byte_table, nf4_matmul_gemv
+
+        programs = max(1, min(cfg.programs_per_sm, gemv_resident(x.device))) * num_sms(x.device)
+        table = _per_code("bytes", code, lambda: byte_table(code))
+        return nf4_matmul_gemv(x, qweight, absmax, table, n, k, cfg, programs, lora)
     if cfg.gluon:
         from engine.kernels.nf4_mma_gluon import nf4_matmul_mma
 

@@ -1,0 +1,176 @@
+"""Gluon NF4 matmul for one row of x: the codes come from a byte table in shared memory, not from registers.
+
+Each packed byte (two weights, k = 2j in its high nibble, 2j + 1 in its low one) indexes a 256-entry table of fp16
+pairs (code[high], code[low]), which multiplies x's pair (x[2j], x[2j + 1]) on packed fp16 units. The table sits in
+shared memory once per lane, [256 bytes, 32 lanes] int32, so the 32 lanes of a warp always read 32 different banks:
+a lookup is 2 integer instructions (shift, and-or with the lane's column) and one conflict-free `ld.shared`, where the
+register table (nf4_lut.dot_program) needs about 5 on the half-rate integer pipe. The table is written once per
+program (32 KB), so programs are persistent: each takes row tiles pid, pid + P, ... over all of K.
+
+Layout per K step: [ROWS, WPS] packed int32 words (8 weights each), each thread 4 consecutive words of RPT rows (one
+16-byte load per row), with x's pairs as [WPS, 4] (four 16-byte loads per thread) broadcast over the rows. One PTX
+call takes a word's four bytes (the word's 4 elements along the last axis of a [ROWS, WPS, 4] tensor, pack 4) and
+returns its dot product with x in fp32 in the first element; the absmax of its 64-weight block scales it in fp32.
+The inline PTX addresses the table through Triton's `global_smem` symbol: the table is the kernel's only shared
+allocation, at offset 0 (checked in tests/test_nf4_gemv_gluon.py on the GPU against the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from engine.kernels.lora_triton import expand_args
+from engine.kernels.lora_types import LoraExpand
+from engine.kernels.nf4_configs import Nf4Config
+from engine.kernels.nf4_mma_gluon import lora_delta
+
+LANES = 32
+TABLE_BYTES = 256
+TABLE_SMEM = TABLE_BYTES * 2 * LANES * 4  # rows of 256 bytes, the first 128 used
+RESERVED_SMEM = 1024  # the driver's share of each program's shared memory
+_LANES = gl.constexpr(LANES)
+_TABLE_BYTES = gl.constexpr(TABLE_BYTES)
+_LOAD_F32 = gl.constexpr("ld.global.nc.f32 $0, [$1];")
+_LANE_COLUMN = gl.constexpr("{ .reg .b32 l; mov.u32 l, %laneid; shl.b32 $0, l, 2; }")
+# $4..$7: the word (4 copies), $8..$11: x's pairs of its bytes 0..3, $12..$15: the lane's column offset (lane * 4).
+# One prmt puts byte b of the word above the lane's offset: (byte << 8) | lane * 4, its table entry's address.
+_WORD_DOT = gl.constexpr(
+    "{ .reg .b32 s, a0, a1, a2, a3, c0, c1, c2, c3, h; .reg .b16 hl, hh; .reg .f32 fl, fh;"
+    " mov.u32 s, global_smem;"
+    " prmt.b32 a0, $4, $12, 0x5504; prmt.b32 a1, $4, $12, 0x5514;"
+    " prmt.b32 a2, $4, $12, 0x5524; prmt.b32 a3, $4, $12, 0x5534;"
+    " add.u32 a0, a0, s; add.u32 a1, a1, s; add.u32 a2, a2, s; add.u32 a3, a3, s;"
+    " ld.shared.b32 c0, [a0]; ld.shared.b32 c1, [a1]; ld.shared.b32 c2, [a2]; ld.shared.b32 c3, [a3];"
+    " mul.rn.f16x2 h, c0, $8; fma.rn.f16x2 h, c1, $9, h; fma.rn.f16x2 h, c2, $10, h; fma.rn.f16x2 h, c3, $11, h;"
+    " mov.b32 {hl, hh}, h; cvt.f32.f16 fl, hl; cvt.f32.f16 fh, hh; add.f32 $0, fl, fh;"
+    " mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; }"
+)
+_WORD_DOT_CONSTRAINTS = gl.constexpr("=r,=r,=r,=r" + ",r" * 12)
+
+
+def step_layout(rows_per_thread: int, lanes_per_row: int, warps: int) -> gl.BlockedLayout:
+    """[ROWS, WPS, 4]: each thread RPT rows x 4 words x 4 bytes, `lanes_per_row` lanes along a row's words."""
+    return gl.BlockedLayout(
+        size_per_thread=[rows_per_thread, 4, 4],
+        threads_per_warp=[LANES // lanes_per_row, lanes_per_row, 1],
+        warps_per_cta=[warps, 1, 1],
+        order=[2, 1, 0],
+    )
+
+
+@gluon.jit
+def _first(a, b):
+    return a
+
+
+@gluon.jit
+def _nf4_gemv_kernel(
+    x_ptr, q_ptr, absmax_ptr, table_ptr, y_ptr, t_ptr, slot_ptr, b_ptr, lora_scale_ptr, rank_ptr,
+    N, K, k_words, num_tiles, lora_r, seg1, seg2,
+    ROWS: gl.constexpr, WPS: gl.constexpr, L3: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
+    HAS_LORA: gl.constexpr, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr,
+    T_BLOCK: gl.constexpr, R_P2: gl.constexpr,
+):  # fmt: skip
+    words_layout: gl.constexpr = gl.SliceLayout(2, L3)  # [ROWS, WPS]
+    x_layout: gl.constexpr = gl.SliceLayout(0, L3)  # [WPS, 4]
+    # the byte table, one column per lane: [256, 32] int32, written once per program
+    fill: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [WARPS, 1], [1, 0])
+    entry = gl.arange(0, _TABLE_BYTES, layout=gl.SliceLayout(1, fill))
+    lane = gl.arange(0, _LANES, layout=gl.SliceLayout(0, fill))
+    table = gl.load(table_ptr + gl.expand_dims(entry, 1) + gl.expand_dims(lane * 0, 0))
+    smem = gl.allocate_shared_memory(gl.int32, [_TABLE_BYTES, 2 * _LANES], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    smem.slice(0, _LANES, dim=1).store(table)  # rows of 256 bytes: a byte's row offset is one prmt
+    gl.thread_barrier()  # the PTX reads below are invisible to Triton's barrier analysis
+    r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, words_layout))
+    w = gl.arange(0, WPS, layout=gl.SliceLayout(0, words_layout))
+    base = gl.inline_asm_elementwise(_LANE_COLUMN, "=r,r", [gl.zeros([ROWS, WPS, 4], gl.int32, layout=L3)],
+                                     dtype=gl.int32, is_pure=True, pack=1)  # fmt: skip
+    xw = gl.arange(0, WPS, layout=gl.SliceLayout(1, x_layout))
+    xb = gl.arange(0, 4, layout=gl.SliceLayout(0, x_layout))
+    x_offs = gl.expand_dims(xw * 4, 1) + gl.expand_dims(xb, 0)  # [WPS, 4]: pair b of word w
+    for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        rows = tile * ROWS + r
+        word_ptrs = q_ptr + gl.expand_dims(rows * k_words, 1) + gl.expand_dims(w, 0)  # [ROWS, WPS]
+        scale_ptrs = absmax_ptr + gl.expand_dims(rows * (K // 64), 1) + gl.expand_dims(w // 8, 0)
+        if HAS_LORA:  # the tile's expand first: its loads overlap the first step's
+            delta = lora_delta(t_ptr, slot_ptr, rank_ptr, lora_scale_ptr, b_ptr, tile * ROWS, 0, 1, N, lora_r, seg1,
+                                seg2, ROWS, 1, BLOCK_R, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, words_layout)  # fmt: skip
+        acc = gl.zeros([ROWS, WPS], gl.float32, layout=words_layout)
+        if PREFETCH:  # each step's operands are loaded one step ahead
+            words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptr + x_offs, 0)
+            for k0 in range(WPS, k_words, WPS):
+                next_words, next_scale, next_xt = _step_operands(word_ptrs, scale_ptrs, x_ptr + x_offs, k0)
+                acc += _step_dots(words, xt, base) * scale
+                words, scale, xt = next_words, next_scale, next_xt
+            acc += _step_dots(words, xt, base) * scale
+        else:
+            for k0 in range(0, k_words, WPS):
+                words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptr + x_offs, k0)
+                acc += _step_dots(words, xt, base) * scale
+        out = gl.sum(acc, axis=1)  # [ROWS]
+        if HAS_LORA:
+            out += gl.sum(delta, axis=1)
+        gl.store(y_ptr + rows, out.to(gl.float16))
+    smem._keep_alive()
+
+
+@gluon.jit
+def _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0):
+    # the step at word k0: words [ROWS, WPS] int32, their absmax [ROWS, WPS] (one read per block and thread), x's
+    # pairs [WPS, 4]
+    words = gl.load(word_ptrs + k0)
+    scale = gl.inline_asm_elementwise(_LOAD_F32, "=r,l", [(scale_ptrs + k0 // 8).to(gl.int64, bitcast=True)],
+                                      dtype=gl.float32, is_pure=True, pack=1)  # fmt: skip
+    return words, scale, gl.load(x_ptrs + k0 * 4)
+
+
+@gluon.jit
+def _step_dots(words, xt, base):
+    # [ROWS, WPS] fp32: each word's dot product with its x pairs
+    dots = gl.inline_asm_elementwise(
+        _WORD_DOT,
+        _WORD_DOT_CONSTRAINTS,
+        [gl.expand_dims(words, 2), gl.expand_dims(xt, 0), base],
+        dtype=gl.float32,
+        is_pure=True,
+        pack=4,
+    )  # [ROWS, WPS, 4], the word's dot in its first element
+    return gl.reduce(dots, 2, _first)
+
+
+def byte_table(code: torch.Tensor) -> torch.Tensor:
+    """int32 [256]: for byte b the fp16 pair (code[b >> 4] low, code[b & 15] high), the codes of k = 2j, 2j + 1."""
+    byte = torch.arange(TABLE_BYTES, device=code.device)
+    pairs = torch.stack((code[byte >> 4], code[byte & 0xF]), dim=-1).to(torch.float16).contiguous()  # [256, 2]
+    return pairs.view(torch.int32).reshape(TABLE_BYTES)
+
+
+def resident_programs(device: torch.device) -> int:
+    """How many programs of this kernel fit on one SM at once: its table takes TABLE_SMEM bytes of shared memory."""
+    props = torch.cuda.get_device_properties(device)
+    return props.shared_memory_per_multiprocessor // (TABLE_SMEM + RESERVED_SMEM)
+
+
+def nf4_matmul_gemv(
+    x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, table: torch.Tensor, n: int, k: int, cfg: Nf4Config,
+    programs: int, lora: LoraExpand | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """y [1, N] fp16 = x [1, K] fp16 @ W^T (+ the fused LoRA expand) for absmax blocks of 64; `table` from byte_table,
+    `programs` the persistent grid's size."""
+    lanes_per_row = cfg.block_k // 32
+    rows_per_thread = cfg.block_n * lanes_per_row // (LANES * cfg.num_warps)
+    assert x.shape[0] == 1 and x.stride(1) == 1 and n % cfg.block_n == 0 and k % cfg.block_k == 0, (cfg, x.shape, n, k)
+    if x.data_ptr() % 16:  # x is read as int32 fp16 pairs, 16 bytes at a time
+        x = x.clone(memory_format=torch.contiguous_format)
+    y = torch.empty((1, n), dtype=torch.float16, device=x.device)
+    num_tiles = n // cfg.block_n
+    lora_args, lora_consts = expand_args(lora, y, cfg.block_n)
+    _nf4_gemv_kernel[(min(programs, num_tiles),)](
+        x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, *lora_args[:5],
+        n, k, k // 8, num_tiles, *lora_args[5:],
+        ROWS=cfg.block_n, WPS=cfg.block_k // 8, L3=step_layout(rows_per_thread, lanes_per_row, cfg.num_warps),
+        WARPS=cfg.num_warps, PREFETCH=cfg.num_stages == 2, **lora_consts, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return y
