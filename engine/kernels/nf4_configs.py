@@ -141,7 +141,7 @@ TUNED_MMA: dict[tuple[int, int, int], Nf4Config] = {
 # SM, prefetch).
 TUNED_GEMV: dict[tuple[int, int, int], Nf4Config] = {
     (6144, 4096, 1): _gemv(16, 512, 4, 3, prefetch=True),
-    (4096, 4096, 1): _gemv(16, 1024, 8, 3, prefetch=True),
+    (4096, 4096, 1): _gemv(16, 1024, 8, 2, prefetch=True),
     (28672, 4096, 1): _gemv(32, 1024, 4, 3, prefetch=False),
     (4096, 14336, 1): _gemv(16, 1024, 8, 2, prefetch=True),
 }

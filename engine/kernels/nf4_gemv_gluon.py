@@ -29,6 +29,8 @@ LANES = 32
 TABLE_BYTES = 256
 TABLE_SMEM = TABLE_BYTES * 2 * LANES * 4  # rows of 256 bytes, the first 128 used
 RESERVED_SMEM = 1024  # the driver's share of each program's shared memory
+SM_REGISTERS = 65536  # 32-bit registers per SM, sm_80 to sm_90
+THREAD_REGISTERS = 128
 _LANES = gl.constexpr(LANES)
 _TABLE_BYTES = gl.constexpr(TABLE_BYTES)
 _LOAD_F32 = gl.constexpr("ld.global.nc.f32 $0, [$1];")
@@ -189,10 +191,13 @@ def byte_table(code: torch.Tensor) -> torch.Tensor:
     return pairs.view(torch.int32).reshape(TABLE_BYTES)
 
 
-def resident_programs(device: torch.device) -> int:
-    """How many programs of this kernel fit on one SM at once: its table takes TABLE_SMEM bytes of shared memory."""
+def resident_programs(device: torch.device, warps: int = 1) -> int:
+    """How many programs of `warps` warps fit on one SM at once: each table takes TABLE_SMEM bytes of shared memory,
+    each thread up to THREAD_REGISTERS registers (the tuned variants compile to 96-128). A persistent program that does
+    not fit waits for a whole program to finish."""
     props = torch.cuda.get_device_properties(device)
-    return props.shared_memory_per_multiprocessor // (TABLE_SMEM + RESERVED_SMEM)
+    by_registers = SM_REGISTERS // (THREAD_REGISTERS * LANES * warps)
+    return min(props.shared_memory_per_multiprocessor // (TABLE_SMEM + RESERVED_SMEM), by_registers)
 
 
 def nf4_matmul_gemv(

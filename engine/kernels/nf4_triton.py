@@ -355,9 +355,9 @@ def nf4_matmul_triton(
     cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device), mma=gluon_ready(x.device),
                                 gemv=gemv_ready(x.device))  # fmt: skip
     if cfg.gluon and not cfg.use_dot:
-        from engine.kernels.nf4_gemv_gluon import byte_table, nf4_matmul_gemv
+        from engine.kernels.nf4_gemv_gluon import byte_table, nf4_matmul_gemv, resident_programs
 
-        programs = max(1, min(cfg.programs_per_sm, gemv_resident(x.device))) * num_sms(x.device)
+        programs = max(1, min(cfg.programs_per_sm, resident_programs(x.device, cfg.num_warps))) * num_sms(x.device)
         table = _per_code("bytes", code, lambda: byte_table(code))
         return nf4_matmul_gemv(x, qweight, absmax, table, n, k, cfg, programs, lora)
     if cfg.gluon:
