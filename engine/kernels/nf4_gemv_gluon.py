@@ -76,6 +76,9 @@ def _nf4_gemv_kernel(
 ):  # fmt: skip
     words_layout: gl.constexpr = gl.SliceLayout(2, L3)  # [ROWS, WPS]
     x_layout: gl.constexpr = gl.SliceLayout(0, L3)  # [WPS, 4]
+    lora: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, WARPS], [0, 1])  # [SEG_P2 * R_P2, ROWS]
+    if HAS_LORA:  # the row's slot and t's partial sums: loads only, in flight while the table is written
+        slot, t_parts = _lora_loads(slot_ptr, t_ptr, lora_r, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2, WARPS)
     # the byte table, one column per lane: [256, 32] int32, written once per program
     fill: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [WARPS, 1], [1, 0])
     entry = gl.arange(0, _TABLE_BYTES, layout=gl.SliceLayout(1, fill))
@@ -88,11 +91,12 @@ def _nf4_gemv_kernel(
     w = gl.arange(0, WPS, layout=gl.SliceLayout(0, words_layout))
     base = gl.inline_asm_elementwise(_LANE_COLUMN, "=r,r", [gl.zeros([ROWS, WPS, 4], gl.int32, layout=L3)],
                                      dtype=gl.int32, is_pure=True, pack=1)  # fmt: skip
-    lora: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, WARPS], [0, 1])  # [SEG_P2 * R_P2, ROWS]
-    if HAS_LORA:  # the row's t, summed over its partials once per program
-        t_row, slot, rank = _lora_t(t_ptr, slot_ptr, rank_ptr, lora_scale_ptr, lora_r, BLOCK_R, NUM_SEG, T_SPLITS,
-                                    T_BLOCK, R_P2, WARPS)  # fmt: skip
-        t_row = gl.convert_layout(t_row, gl.SliceLayout(1, lora))
+    if HAS_LORA:  # t summed once per program; the rank and scale (read now) apply after the K loop
+        t_row = gl.convert_layout(gl.sum(t_parts, axis=0), gl.SliceLayout(1, lora))
+        active = slot >= 0
+        slot = gl.maximum(slot, 0)
+        rank = gl.where(active, gl.load(rank_ptr + slot), 0)
+        lora_scale = gl.load(lora_scale_ptr + slot)
     xw = gl.arange(0, WPS, layout=gl.SliceLayout(1, x_layout))
     xb = gl.arange(0, 4, layout=gl.SliceLayout(0, x_layout))
     x_offs = gl.expand_dims(xw * 4, 1) + gl.expand_dims(xb, 0)  # [WPS, 4]: pair b of word w
@@ -100,9 +104,8 @@ def _nf4_gemv_kernel(
         rows = tile * ROWS + r
         word_ptrs = q_ptr + gl.expand_dims(rows * k_words, 1) + gl.expand_dims(w, 0)  # [ROWS, WPS]
         scale_ptrs = absmax_ptr + gl.expand_dims(rows * (K // 64), 1) + gl.expand_dims(w // 8, 0)
-        if HAS_LORA:  # the tile's expand first: its loads overlap the first step's
-            delta = _lora_rows(t_row, slot, rank, b_ptr, tile * ROWS, N, lora_r, seg1, seg2, ROWS, BLOCK_R, NUM_SEG,
-                               R_P2, lora)  # fmt: skip
+        if HAS_LORA:  # the tile's B columns first: their loads overlap the first step's
+            b = _lora_b(slot, active, b_ptr, tile * ROWS, N, lora_r, seg1, seg2, ROWS, BLOCK_R, NUM_SEG, R_P2, lora)
         acc = gl.zeros([ROWS, WPS], gl.float32, layout=words_layout)
         if PREFETCH:  # each step's operands are loaded one step ahead
             words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptr + x_offs, 0)
@@ -117,36 +120,35 @@ def _nf4_gemv_kernel(
                 acc += _step_dots(words, xt, base) * scale
         out = gl.sum(acc, axis=1)  # [ROWS]
         if HAS_LORA:
-            out += gl.convert_layout(delta, out.type.layout)
+            c = gl.arange(0, t_row.shape[0], layout=gl.SliceLayout(1, lora))
+            t_use = gl.where(c % R_P2 < rank, t_row, 0.0) * lora_scale  # past the rank: nothing, NaN included
+            out += gl.convert_layout(gl.sum(gl.expand_dims(t_use, 1) * b, axis=0), out.type.layout)
         gl.store(y_ptr + rows, out.to(gl.float16))
     smem._keep_alive()
 
 
 @gluon.jit
-def _lora_t(t_ptr, slot_ptr, rank_ptr, scale_ptr, R, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr,
-            T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr, R_P2: gl.constexpr, WARPS: gl.constexpr):  # fmt: skip
-    """(t', slot, rank) of the row: t' [SEG_P2 * R_P2] fp32, entry g * R_P2 + r = scale * the sum of t[0, :, g * R + r]
-    over its T_SPLITS partial sums, zero past the row's rank; rank 0 without an adapter."""
-    layout: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [WARPS, 1], [1, 0])  # [T_BLOCK, SEG_P2 * R_P2]
+def _lora_loads(slot_ptr, t_ptr, R, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr,
+                T_BLOCK: gl.constexpr, R_P2: gl.constexpr, WARPS: gl.constexpr):  # fmt: skip
+    """(slot, t's partial sums [T_BLOCK, SEG_P2 * R_P2] fp32) of the row, column g * R_P2 + r for segment g's rank r:
+    no load depends on another, so none waits."""
+    layout: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [WARPS, 1], [1, 0])
     seg_p2: gl.constexpr = 1 if NUM_SEG == 1 else (2 if NUM_SEG == 2 else 4)
-    slot = gl.load(slot_ptr)
-    active = slot >= 0
-    slot = gl.maximum(slot, 0)
-    rank = gl.where(active, gl.load(rank_ptr + slot), 0)
     i = gl.arange(0, T_BLOCK, layout=gl.SliceLayout(1, layout))
     c = gl.arange(0, seg_p2 * R_P2, layout=gl.SliceLayout(0, layout))
     g, r = c // R_P2, c % R_P2
-    col_in = (g < NUM_SEG) & (r < BLOCK_R) & (r < rank)
     ptrs = t_ptr + gl.expand_dims(i * (NUM_SEG * R), 1) + gl.expand_dims(g * R + r, 0)
-    t = gl.load(ptrs, mask=gl.expand_dims(i < T_SPLITS, 1) & gl.expand_dims(col_in, 0), other=0.0)
-    return gl.sum(t, axis=0) * gl.load(scale_ptr + slot), slot, rank
+    in_t = gl.expand_dims(i < T_SPLITS, 1) & gl.expand_dims((g < NUM_SEG) & (r < BLOCK_R), 0)
+    return gl.load(slot_ptr), gl.load(ptrs, mask=in_t, other=0.0)
 
 
 @gluon.jit
-def _lora_rows(t_row, slot, rank, b_ptr, row0, N, R, seg1, seg2, ROWS: gl.constexpr, BLOCK_R: gl.constexpr,
-               NUM_SEG: gl.constexpr, R_P2: gl.constexpr, LAYOUT: gl.constexpr):  # fmt: skip
-    """[ROWS] fp32 in SliceLayout(0, LAYOUT): the expand t' . B_slot[:, row] of rows row0.., from its segment's t'."""
-    c = gl.arange(0, t_row.shape[0], layout=gl.SliceLayout(1, LAYOUT))
+def _lora_b(slot, active, b_ptr, row0, N, R, seg1, seg2, ROWS: gl.constexpr, BLOCK_R: gl.constexpr,
+            NUM_SEG: gl.constexpr, R_P2: gl.constexpr, LAYOUT: gl.constexpr):  # fmt: skip
+    """[SEG_P2 * R_P2, ROWS] fp32 in LAYOUT: B_slot[r, row] of rows row0.. in the entries of their segment, zero in
+    the others and without an adapter."""
+    seg_p2: gl.constexpr = 1 if NUM_SEG == 1 else (2 if NUM_SEG == 2 else 4)
+    c = gl.arange(0, seg_p2 * R_P2, layout=gl.SliceLayout(1, LAYOUT))
     rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(0, LAYOUT))
     seg = 0
     if NUM_SEG > 1:
@@ -154,10 +156,9 @@ def _lora_rows(t_row, slot, rank, b_ptr, row0, N, R, seg1, seg2, ROWS: gl.conste
     if NUM_SEG > 2:
         seg += (row0 >= seg2).to(gl.int32)
     g, r = c // R_P2, c % R_P2
-    use = (g == seg) & (r < BLOCK_R) & (r < rank)
-    ptrs = b_ptr + slot * (N * R) + gl.expand_dims(r * N, 1) + gl.expand_dims(rows, 0)  # [C, ROWS]
-    b = gl.load(ptrs, mask=gl.expand_dims(use, 1) & gl.expand_dims(rows < N, 0), other=0.0)
-    return gl.sum(gl.expand_dims(t_row, 1) * b.to(gl.float32), axis=0)
+    ptrs = b_ptr + slot * (N * R) + gl.expand_dims(r * N, 1) + gl.expand_dims(rows, 0)
+    use = gl.expand_dims((g == seg) & (r < BLOCK_R) & active, 1) & gl.expand_dims(rows < N, 0)
+    return gl.load(ptrs, mask=use, other=0.0).to(gl.float32)
 
 
 @gluon.jit
