@@ -2,17 +2,21 @@
 
 Each packed byte (two weights, k = 2j in its high nibble, 2j + 1 in its low one) indexes a 256-entry table of fp16
 pairs (code[high], code[low]), which multiplies x's pair (x[2j], x[2j + 1]) on packed fp16 units. The table sits in
-shared memory once per lane, [256 bytes, 32 lanes] int32, so the 32 lanes of a warp always read 32 different banks:
-a lookup is 2 integer instructions (shift, and-or with the lane's column) and one conflict-free `ld.shared`, where the
-register table (nf4_lut.dot_program) needs about 5 on the half-rate integer pipe. The table is written once per
-program (32 KB), so programs are persistent: each takes row tiles pid, pid + P, ... over all of K.
+shared memory once per lane, [256 bytes, 32 lanes] int32 in rows of 256 bytes, so the 32 lanes of a warp always read
+32 different banks: a lookup is one `prmt` (the byte above the lane's column offset) and one conflict-free
+`ld.shared`, where the register table (nf4_lut.dot_program) needs about 5 integer instructions per byte. Each program
+writes the 64 KB table once, so programs are persistent: each takes row tiles pid, pid + P, ... over all of K.
 
 Layout per K step: [ROWS, WPS] packed int32 words (8 weights each), each thread 4 consecutive words of RPT rows (one
 16-byte load per row), with x's pairs as [WPS, 4] (four 16-byte loads per thread) broadcast over the rows. One PTX
 call takes a word's four bytes (the word's 4 elements along the last axis of a [ROWS, WPS, 4] tensor, pack 4) and
 returns its dot product with x in fp32 in the first element; the absmax of its 64-weight block scales it in fp32.
-The inline PTX addresses the table through Triton's `global_smem` symbol: the table is the kernel's only shared
-allocation, at offset 0 (checked in tests/test_nf4_gemv_gluon.py on the GPU against the reference).
+PREFETCH loads each step's operands one step ahead.
+The inline PTX addresses the table through Triton's `global_smem` symbol: the table is the kernel's first shared
+allocation, at offset 0; Triton's own scratch (the LoRA reductions) goes after it. tests/test_nf4_gemv_gluon.py checks
+the results on the GPU against the reference.
+A fused LoRA expand (o, down) loads the row's slot and t before the table is written, sums t once per program, and
+reads each tile's B columns at the tile's start; no load waits for another on the way into the K loop.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def _nf4_mma_kernel(
     if PREFETCH:  # each step's operands are loaded one step ahead
         words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptrs, s_begin * STEP_K)
     if HAS_LORA:  # each split's partial starts with the LoRA expand of its RANKS ranks, loaded beside the first step's
-        acc = lora_delta(t_ptr, slot_ptr, rank_ptr, lora_scale_ptr, b_ptr, row0, pid_k * RANKS, M, N, lora_r, seg1,
+        acc = _lora_delta(t_ptr, slot_ptr, rank_ptr, lora_scale_ptr, b_ptr, row0, pid_k * RANKS, M, N, lora_r, seg1,
                           seg2, ROWS, NX, BLOCK_R, RANKS, NUM_SEG, T_SPLITS, T_BLOCK, mma)  # fmt: skip
     else:
         acc = gl.zeros([ROWS, NX], gl.float32, layout=mma)
@@ -169,7 +169,7 @@ def _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0):
 
 
 @gluon.jit
-def lora_delta(t_ptr, slot_ptr, rank_ptr, scale_ptr, b_ptr, row0, r0, M, N, R, seg1, seg2, ROWS: gl.constexpr,
+def _lora_delta(t_ptr, slot_ptr, rank_ptr, scale_ptr, b_ptr, row0, r0, M, N, R, seg1, seg2, ROWS: gl.constexpr,
                 NX: gl.constexpr, BLOCK_R: gl.constexpr, RANKS: gl.constexpr, NUM_SEG: gl.constexpr,
                 T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr, LAYOUT: gl.constexpr):  # fmt: skip
     """[ROWS, NX] in LAYOUT: the part of ranks r0 .. r0 + RANKS - 1 in scale_m * t_m[:rank_m] . B_s[:rank_m, row],
