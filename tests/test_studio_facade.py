@@ -172,6 +172,8 @@ def test_adapter_manager(ready, tmp_path, demo_models):
     row = next(r for r in ready.list_adapters() if r.name == STORY_ROLE)
     assert not row.enabled and row.state == "disk"
     ready.settings.sampling["story"] = StepSampling(temperature=0.5, top_p=0.9, max_tokens=7)  # as the GUI does
+    # greedy: a sampled prompt row (new_story draws a fresh seed) can start with the end token and write nothing
+    ready.settings.sampling["prompt"] = StepSampling(temperature=0.0, top_p=1.0, max_tokens=8)
     draft = ready.new_story(StoryDraft("a storm", concept="A storm visits."), Recorder()).result()
     assert draft.sources["story"] == "base model (story-writer weights not installed)"
     assert draft.sampling["story"]["max_tokens"] == 7 and draft.sampling["story"]["temperature"] == 0.5
