@@ -137,7 +137,7 @@ TUNED_MMA: dict[tuple[int, int, int], Nf4Config] = {
 }
 
 
-# M = 1 where the Gluon one-row tile runs (docs/KERNELS.md, twelfth session): (rows, k per step, warps, programs per
+# M = 1 where the Gluon one-row tile runs (docs/KERNELS.md, run 12): (rows, k per step, warps, programs per
 # SM, prefetch).
 TUNED_GEMV: dict[tuple[int, int, int], Nf4Config] = {
     (6144, 4096, 1): _gemv(16, 512, 4, 3, prefetch=True),
@@ -151,10 +151,9 @@ def pick_config(
     m: int, n: int, k: int, blocksize: int, num_sms: int, mma: bool = False, gemv: bool = False
 ) -> Nf4Config:
     """The tuned config for this shape when there is one (with `gemv` the Gluon one-row tile first, with `mma` the
-    Gluon MMA tile); else, for one row, the
-    word tile; for up to 16 rows the register-table tile (or, for absmax blocks other than 64, the byte-pair-table
-    tile); each with a split-K that fills the GPU (one row: at least one program per SM). Larger M: a plain tiled
-    GEMM."""
+    Gluon MMA tile); else, for one row, the word tile; for up to 16 rows the register-table tile (or, for absmax
+    blocks other than 64, the byte-pair-table tile); each with a split-K that fills the GPU (one row: at least one
+    program per SM). Larger M: a plain tiled GEMM."""
     key = (n, k, m_bucket(m))
     tuned = (TUNED_GEMV.get(key) if gemv else None) or (TUNED_MMA.get(key) if mma else None) or TUNED.get(key)
     if tuned is not None and k % (tuned.split_k * tuned.block_k) == 0 and blocksize == TUNED_BLOCKSIZE:

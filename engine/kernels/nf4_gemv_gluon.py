@@ -80,9 +80,11 @@ def _nf4_gemv_kernel(
 ):  # fmt: skip
     words_layout: gl.constexpr = gl.SliceLayout(2, L3)  # [ROWS, WPS]
     x_layout: gl.constexpr = gl.SliceLayout(0, L3)  # [WPS, 4]
-    lora: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, WARPS], [0, 1])  # [SEG_P2 * R_P2, ROWS]
+    # t and B entries: segment g's rank r at g * R_P2 + r
+    LORA_C: gl.constexpr = (1 if NUM_SEG == 1 else (2 if NUM_SEG == 2 else 4)) * R_P2
+    lora: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, WARPS], [0, 1])  # [LORA_C, ROWS]
     if HAS_LORA:  # the row's slot and t's partial sums: loads only, in flight while the table is written
-        slot, t_parts = _lora_loads(slot_ptr, t_ptr, lora_r, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2, WARPS)
+        slot, t_parts = _lora_loads(slot_ptr, t_ptr, lora_r, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2, LORA_C, WARPS)
     # the byte table, one column per lane: [256, 32] int32, written once per program
     fill: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [WARPS, 1], [1, 0])
     entry = gl.arange(0, _TABLE_BYTES, layout=gl.SliceLayout(1, fill))
@@ -109,7 +111,8 @@ def _nf4_gemv_kernel(
         word_ptrs = q_ptr + gl.expand_dims(rows * k_words, 1) + gl.expand_dims(w, 0)  # [ROWS, WPS]
         scale_ptrs = absmax_ptr + gl.expand_dims(rows * (K // 64), 1) + gl.expand_dims(w // 8, 0)
         if HAS_LORA:  # the tile's B columns first: their loads overlap the first step's
-            b = _lora_b(slot, active, b_ptr, tile * ROWS, N, lora_r, seg1, seg2, ROWS, BLOCK_R, NUM_SEG, R_P2, lora)
+            b = _lora_b(slot, active, b_ptr, tile * ROWS, N, lora_r, seg1, seg2, ROWS, BLOCK_R, NUM_SEG, R_P2, LORA_C,
+                        lora)  # fmt: skip
         acc = gl.zeros([ROWS, WPS], gl.float32, layout=words_layout)
         if PREFETCH:  # each step's operands are loaded one step ahead
             words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptr + x_offs, 0)
@@ -133,13 +136,12 @@ def _nf4_gemv_kernel(
 
 @gluon.jit
 def _lora_loads(slot_ptr, t_ptr, R, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr,
-                T_BLOCK: gl.constexpr, R_P2: gl.constexpr, WARPS: gl.constexpr):  # fmt: skip
-    """(slot, t's partial sums [T_BLOCK, SEG_P2 * R_P2] fp32) of the row, column g * R_P2 + r for segment g's rank r:
+                T_BLOCK: gl.constexpr, R_P2: gl.constexpr, C: gl.constexpr, WARPS: gl.constexpr):  # fmt: skip
+    """(slot, t's partial sums [T_BLOCK, C] fp32) of the row, column g * R_P2 + r for segment g's rank r:
     no load depends on another, so none waits."""
     layout: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [WARPS, 1], [1, 0])
-    seg_p2: gl.constexpr = 1 if NUM_SEG == 1 else (2 if NUM_SEG == 2 else 4)
     i = gl.arange(0, T_BLOCK, layout=gl.SliceLayout(1, layout))
-    c = gl.arange(0, seg_p2 * R_P2, layout=gl.SliceLayout(0, layout))
+    c = gl.arange(0, C, layout=gl.SliceLayout(0, layout))
     g, r = c // R_P2, c % R_P2
     ptrs = t_ptr + gl.expand_dims(i * (NUM_SEG * R), 1) + gl.expand_dims(g * R + r, 0)
     in_t = gl.expand_dims(i < T_SPLITS, 1) & gl.expand_dims((g < NUM_SEG) & (r < BLOCK_R), 0)
@@ -148,11 +150,10 @@ def _lora_loads(slot_ptr, t_ptr, R, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr
 
 @gluon.jit
 def _lora_b(slot, active, b_ptr, row0, N, R, seg1, seg2, ROWS: gl.constexpr, BLOCK_R: gl.constexpr,
-            NUM_SEG: gl.constexpr, R_P2: gl.constexpr, LAYOUT: gl.constexpr):  # fmt: skip
-    """[SEG_P2 * R_P2, ROWS] fp32 in LAYOUT: B_slot[r, row] of rows row0.. in the entries of their segment, zero in
+            NUM_SEG: gl.constexpr, R_P2: gl.constexpr, C: gl.constexpr, LAYOUT: gl.constexpr):  # fmt: skip
+    """[C, ROWS] fp32 in LAYOUT: B_slot[r, row] of rows row0.. in the entries of their segment, zero in
     the others and without an adapter."""
-    seg_p2: gl.constexpr = 1 if NUM_SEG == 1 else (2 if NUM_SEG == 2 else 4)
-    c = gl.arange(0, seg_p2 * R_P2, layout=gl.SliceLayout(1, LAYOUT))
+    c = gl.arange(0, C, layout=gl.SliceLayout(1, LAYOUT))
     rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(0, LAYOUT))
     seg = 0
     if NUM_SEG > 1:
@@ -196,13 +197,16 @@ def byte_table(code: torch.Tensor) -> torch.Tensor:
     return pairs.view(torch.int32).reshape(TABLE_BYTES)
 
 
-def resident_programs(device: torch.device, warps: int = 1) -> int:
-    """How many programs of `warps` warps fit on one SM at once: each table takes TABLE_SMEM bytes of shared memory,
-    each thread up to THREAD_REGISTERS registers (the tuned variants compile to 96-128). A persistent program that does
-    not fit waits for a whole program to finish."""
-    props = torch.cuda.get_device_properties(device)
-    by_registers = SM_REGISTERS // (THREAD_REGISTERS * LANES * warps)
-    return min(props.shared_memory_per_multiprocessor // (TABLE_SMEM + RESERVED_SMEM), by_registers)
+def smem_programs(device: torch.device) -> int:
+    """How many programs fit on one SM by shared memory: each table takes TABLE_SMEM bytes."""
+    return torch.cuda.get_device_properties(device).shared_memory_per_multiprocessor // (TABLE_SMEM + RESERVED_SMEM)
+
+
+def register_programs(warps: int) -> int:
+    """How many programs of `warps` warps fit on one SM by registers, at up to THREAD_REGISTERS a thread (o's and
+    down's 8-warp tiles compile to 98-127; gate_up's 4-warp tile takes 168, and its 3 programs still fit in 64,512). A
+    persistent program that does not fit waits for a whole program to finish."""
+    return SM_REGISTERS // (THREAD_REGISTERS * LANES * warps)
 
 
 def nf4_matmul_gemv(

@@ -315,13 +315,13 @@ def gluon_ready(device: torch.device) -> bool:
 
 
 def gemv_resident(device: torch.device) -> int:
-    """How many programs of the Gluon one-row tile fit on one SM at once (0 where Gluon does not run)."""
+    """How many programs of the Gluon one-row tile fit on one SM by shared memory (0 where Gluon does not run)."""
     if device not in _gemv_programs:
         resident = 0
         if gluon_ready(device):
-            from engine.kernels.nf4_gemv_gluon import resident_programs
+            from engine.kernels.nf4_gemv_gluon import smem_programs
 
-            resident = resident_programs(device)
+            resident = smem_programs(device)
         _gemv_programs[device] = resident
     return _gemv_programs[device]
 
@@ -355,9 +355,10 @@ def nf4_matmul_triton(
     cfg = config or pick_config(m, n, k, blocksize, num_sms(x.device), mma=gluon_ready(x.device),
                                 gemv=gemv_ready(x.device))  # fmt: skip
     if cfg.gluon and not cfg.use_dot:
-        from engine.kernels.nf4_gemv_gluon import byte_table, nf4_matmul_gemv, resident_programs
+        from engine.kernels.nf4_gemv_gluon import byte_table, nf4_matmul_gemv, register_programs
 
-        programs = max(1, min(cfg.programs_per_sm, resident_programs(x.device, cfg.num_warps))) * num_sms(x.device)
+        per_sm = min(cfg.programs_per_sm, gemv_resident(x.device), register_programs(cfg.num_warps))
+        programs = max(1, per_sm) * num_sms(x.device)
         table = _per_code("bytes", code, lambda: byte_table(code))
         return nf4_matmul_gemv(x, qweight, absmax, table, n, k, cfg, programs, lora)
     if cfg.gluon:
