@@ -30,20 +30,21 @@ from engine.kernels.nf4_triton import gemv_resident, num_sms
 
 ROWS_PER_THREAD = (1, 2, 4, 8)
 LANES_PER_ROW = (16, 32)
-WARPS = (2, 4, 8)
+WARPS = (4, 8, 16)
 PREFETCH = (False, True)
+WORDS_PER_DOT = (1, 2, 4)
 LIMIT = 2e-3
 
 
 def configs(n: int, k: int, sms: int, resident: int) -> list[Nf4Config]:
     """Every tile with at least one row tile per SM."""
     out = []
-    for rpt, lpr, warps, per_sm, pre in itertools.product(ROWS_PER_THREAD, LANES_PER_ROW, WARPS,
-                                                          range(1, resident + 1), PREFETCH):  # fmt: skip
+    for rpt, lpr, warps, per_sm, pre, wpd in itertools.product(ROWS_PER_THREAD, LANES_PER_ROW, WARPS,
+                                                               range(1, resident + 1), PREFETCH, WORDS_PER_DOT):  # fmt: skip
         rows = rpt * (32 // lpr) * warps
         if n % rows == 0 and k % (32 * lpr) == 0 and n // rows >= sms:
             out.append(Nf4Config(1, rows, 32 * lpr, 1, use_dot=False, num_warps=warps, num_stages=2 if pre else 1,
-                                 lookup=5, gluon=True, programs_per_sm=per_sm))  # fmt: skip
+                                 lookup=5, gluon=True, programs_per_sm=per_sm, words_per_dot=wpd))  # fmt: skip
     return out
 
 

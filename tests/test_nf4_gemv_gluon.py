@@ -23,15 +23,17 @@ if not gluon_ready(DEVICE):
     pytest.skip("the Gluon one-row tile needs sm_80+ and Triton's Gluon", allow_module_level=True)
 
 
-def _gemv(block_n: int, block_k: int, warps: int, stages: int, per_sm: int) -> Nf4Config:
+def _gemv(block_n: int, block_k: int, warps: int, stages: int, per_sm: int, words_per_dot: int = 1) -> Nf4Config:
     return Nf4Config(1, block_n, block_k, 1, use_dot=False, num_warps=warps, num_stages=stages, lookup=5, gluon=True,
-                     programs_per_sm=per_sm)  # fmt: skip
+                     programs_per_sm=per_sm, words_per_dot=words_per_dot)  # fmt: skip
 
 
-CONFIGS = [  # rows, k per step (4 words per lane), warps, stages (2: the next step loaded ahead), programs per SM
+CONFIGS = [  # rows, k per step (4 words per lane), warps, stages (2: the next step loaded ahead), programs per SM,
+    # words summed in fp16
     _gemv(16, 128, 2, 1, 1),
-    _gemv(16, 256, 2, 2, 2),
-    _gemv(32, 512, 4, 2, 3),
+    _gemv(16, 256, 2, 2, 2, 2),
+    _gemv(32, 512, 4, 2, 3, 4),
+    _gemv(16, 1024, 8, 2, 2, 4),
     _gemv(16, 1024, 8, 2, 2),
 ]
 

@@ -31,6 +31,7 @@ class Nf4Config:
     swap_ab: bool = False  # tensor cores: y^T = W x^T, the dequantized weight tile as the first operand
     gluon: bool = False
     programs_per_sm: int = 0  # the Gluon one-row tile's persistent programs per SM
+    words_per_dot: int = 1  # the Gluon one-row tile: packed words (8 weights each) summed in fp16 before fp32
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "num_warps"):
@@ -62,6 +63,8 @@ class Nf4Config:
         lanes_per_row = self.block_k // 32  # 4 words of 8 weights per lane and step
         if self.block_k not in (128, 256, 512, 1024) or self.num_stages not in (1, 2) or self.programs_per_sm < 1:
             raise ValueError(f"gluon one-row: takes block_k 128-1024, 1-2 stages, programs_per_sm >= 1, got {self}")
+        if self.words_per_dot not in (1, 2, 4):
+            raise ValueError(f"gluon one-row: words_per_dot must be 1, 2 or 4 (a lane's words a step), got {self}")
         if self.block_n % (32 // lanes_per_row * self.num_warps):
             raise ValueError(f"gluon one-row: block_n must cover whole thread rows (32 lanes per warp), got {self}")
 
@@ -99,10 +102,12 @@ def _words(block_n: int = 16, block_k: int = 2048, num_warps: int = 4, split_k: 
     return Nf4Config(1, block_n, block_k, split_k, use_dot=False, num_warps=num_warps, num_stages=1, lookup=4)
 
 
-def _gemv(block_n: int, block_k: int, num_warps: int, programs_per_sm: int, prefetch: bool) -> Nf4Config:
+def _gemv(
+    block_n: int, block_k: int, num_warps: int, programs_per_sm: int, prefetch: bool, words_per_dot: int
+) -> Nf4Config:
     """The Gluon one-row tile: the byte table in shared memory, persistent programs."""
     return Nf4Config(1, block_n, block_k, 1, use_dot=False, num_warps=num_warps, num_stages=2 if prefetch else 1,
-                     lookup=5, gluon=True, programs_per_sm=programs_per_sm)  # fmt: skip
+                     lookup=5, gluon=True, programs_per_sm=programs_per_sm, words_per_dot=words_per_dot)  # fmt: skip
 
 
 def _mma(block_n: int, split_k: int, num_warps: int, prefetch: bool) -> Nf4Config:
@@ -137,13 +142,13 @@ TUNED_MMA: dict[tuple[int, int, int], Nf4Config] = {
 }
 
 
-# M = 1 where the Gluon one-row tile runs (docs/KERNELS.md, run 12): (rows, k per step, warps, programs per
-# SM, prefetch).
+# M = 1 where the Gluon one-row tile runs (docs/KERNELS.md, run 13): (rows, k per step, warps, programs per
+# SM, prefetch, words summed in fp16). gate_up's 8-warp tile takes 128 registers: 2 programs per SM.
 TUNED_GEMV: dict[tuple[int, int, int], Nf4Config] = {
-    (6144, 4096, 1): _gemv(16, 512, 4, 3, prefetch=True),
-    (4096, 4096, 1): _gemv(16, 1024, 8, 2, prefetch=True),
-    (28672, 4096, 1): _gemv(32, 1024, 4, 3, prefetch=False),
-    (4096, 14336, 1): _gemv(16, 1024, 8, 2, prefetch=True),
+    (6144, 4096, 1): _gemv(16, 1024, 4, 3, prefetch=True, words_per_dot=4),
+    (4096, 4096, 1): _gemv(16, 1024, 4, 2, prefetch=True, words_per_dot=4),
+    (28672, 4096, 1): _gemv(64, 1024, 8, 2, prefetch=False, words_per_dot=1),
+    (4096, 14336, 1): _gemv(16, 1024, 4, 3, prefetch=True, words_per_dot=4),
 }
 
 

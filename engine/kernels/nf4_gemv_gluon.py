@@ -39,29 +39,39 @@ _LANES = gl.constexpr(LANES)
 _TABLE_BYTES = gl.constexpr(TABLE_BYTES)
 _LOAD_F32 = gl.constexpr("ld.global.nc.f32 $0, [$1];")
 _LANE_COLUMN = gl.constexpr("{ .reg .b32 l; mov.u32 l, %laneid; shl.b32 $0, l, 2; }")
-# $4..$7: the word (4 copies), $8..$11: x's pairs of its bytes 0..3, $12..$15: the lane's column offset (lane * 4).
-# One prmt puts byte b of the word above the lane's offset: (byte << 8) | lane * 4, its table entry's address.
-_WORD_DOT = gl.constexpr(
-    "{ .reg .b32 s, a0, a1, a2, a3, c0, c1, c2, c3, h; .reg .b16 hl, hh; .reg .f32 fl, fh;"
-    " mov.u32 s, global_smem;"
-    " prmt.b32 a0, $4, $12, 0x5504; prmt.b32 a1, $4, $12, 0x5514;"
-    " prmt.b32 a2, $4, $12, 0x5524; prmt.b32 a3, $4, $12, 0x5534;"
-    " add.u32 a0, a0, s; add.u32 a1, a1, s; add.u32 a2, a2, s; add.u32 a3, a3, s;"
-    " ld.shared.b32 c0, [a0]; ld.shared.b32 c1, [a1]; ld.shared.b32 c2, [a2]; ld.shared.b32 c3, [a3];"
-    " mul.rn.f16x2 h, c0, $8; fma.rn.f16x2 h, c1, $9, h; fma.rn.f16x2 h, c2, $10, h; fma.rn.f16x2 h, c3, $11, h;"
-    " mov.b32 {hl, hh}, h; cvt.f32.f16 fl, hl; cvt.f32.f16 fh, hh; add.f32 $0, fl, fh;"
-    " mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; }"
-)
-_WORD_DOT_CONSTRAINTS = gl.constexpr("=r,=r,=r,=r" + ",r" * 12)
 
 
-def step_layout(rows_per_thread: int, lanes_per_row: int, warps: int) -> gl.BlockedLayout:
-    """[ROWS, WPS, 4]: each thread RPT rows x 4 words x 4 bytes, `lanes_per_row` lanes along a row's words."""
+def word_dot_asm(words: int) -> str:
+    """PTX for the dot product of `words` packed words with their x pairs, summed on packed fp16 units and returned
+    in fp32 in the first of its 4 * words outputs. Operands past the outputs: each word's 4 copies, x's pairs of
+    each word's bytes, the lane's column offset (lane * 4), each 4 * words. One prmt puts byte b of a word above the
+    lane's offset: (byte << 8) | lane * 4, its table entry's address."""
+    n = 4 * words
+    word, pair, base = n, 2 * n, 3 * n
+    regs = ", ".join(f"a{i}, c{i}" for i in range(n))
+    body = [f"{{ .reg .b32 s, h, {regs}; .reg .b16 hl, hh; .reg .f32 fl, fh; mov.u32 s, global_smem;"]
+    for i in range(n):
+        body.append(f" prmt.b32 a{i}, ${word + i // 4 * 4}, ${base}, 0x55{i % 4}4; add.u32 a{i}, a{i}, s;")
+    body += [f" ld.shared.b32 c{i}, [a{i}];" for i in range(n)]
+    body.append(f" mul.rn.f16x2 h, c0, ${pair};")
+    body += [f" fma.rn.f16x2 h, c{i}, ${pair + i}, h;" for i in range(1, n)]
+    body.append(" mov.b32 {hl, hh}, h; cvt.f32.f16 fl, hl; cvt.f32.f16 fh, hh; add.f32 $0, fl, fh;")
+    body += [f" mov.b32 ${i}, 0;" for i in range(1, n)]
+    return "".join(body) + " }"
+
+
+def word_dot_constraints(words: int) -> str:
+    return ",".join(["=r"] * 4 * words + ["r"] * 12 * words)
+
+
+def step_layout(rows_per_thread: int, lanes_per_row: int, warps: int, words_per_dot: int) -> gl.BlockedLayout:
+    """[ROWS, WPS // 4, 4 // G, G, 4]: each thread RPT rows x 4 words (in dots of G words) x 4 bytes,
+    `lanes_per_row` lanes along a row's words."""
     return gl.BlockedLayout(
-        size_per_thread=[rows_per_thread, 4, 4],
-        threads_per_warp=[LANES // lanes_per_row, lanes_per_row, 1],
-        warps_per_cta=[warps, 1, 1],
-        order=[2, 1, 0],
+        size_per_thread=[rows_per_thread, 1, 4 // words_per_dot, words_per_dot, 4],
+        threads_per_warp=[LANES // lanes_per_row, lanes_per_row, 1, 1, 1],
+        warps_per_cta=[warps, 1, 1, 1, 1],
+        order=[4, 3, 2, 1, 0],
     )
 
 
@@ -74,12 +84,14 @@ def _first(a, b):
 def _nf4_gemv_kernel(
     x_ptr, q_ptr, absmax_ptr, table_ptr, y_ptr, t_ptr, slot_ptr, b_ptr, lora_scale_ptr, rank_ptr,
     N, K, k_words, num_tiles, lora_r, seg1, seg2,
-    ROWS: gl.constexpr, WPS: gl.constexpr, L3: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
-    HAS_LORA: gl.constexpr, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr,
+    ROWS: gl.constexpr, WPS: gl.constexpr, L5: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
+    WORDS_PER_DOT: gl.constexpr, DOT_ASM: gl.constexpr, DOT_CONSTRAINTS: gl.constexpr, HAS_LORA: gl.constexpr, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr,
     T_BLOCK: gl.constexpr, R_P2: gl.constexpr,
 ):  # fmt: skip
-    words_layout: gl.constexpr = gl.SliceLayout(2, L3)  # [ROWS, WPS]
-    x_layout: gl.constexpr = gl.SliceLayout(0, L3)  # [WPS, 4]
+    words_layout: gl.constexpr = gl.SliceLayout(4, L5)  # [ROWS, G, U, WORDS_PER_DOT]: word (g * 4 + u * WPD + v)
+    acc_layout: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, words_layout))  # [ROWS, G]
+    G: gl.constexpr = WPS // 4
+    U: gl.constexpr = 4 // WORDS_PER_DOT
     # t and B entries: segment g's rank r at g * R_P2 + r
     LORA_C: gl.constexpr = (1 if NUM_SEG == 1 else (2 if NUM_SEG == 2 else 4)) * R_P2
     lora: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, WARPS], [0, 1])  # [LORA_C, ROWS]
@@ -93,9 +105,11 @@ def _nf4_gemv_kernel(
     smem = gl.allocate_shared_memory(gl.int32, [_TABLE_BYTES, 2 * _LANES], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
     smem.slice(0, _LANES, dim=1).store(table)  # rows of 256 bytes: a byte's row offset is one prmt
     gl.thread_barrier()  # the PTX reads below are invisible to Triton's barrier analysis
-    r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, words_layout))
-    w = gl.arange(0, WPS, layout=gl.SliceLayout(0, words_layout))
-    base = gl.inline_asm_elementwise(_LANE_COLUMN, "=r,r", [gl.zeros([ROWS, WPS, 4], gl.int32, layout=L3)],
+    r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout))
+    g = gl.arange(0, G, layout=gl.SliceLayout(0, acc_layout))
+    w = gl.expand_dims(_offsets3(G, U, WORDS_PER_DOT, 4, WORDS_PER_DOT, 1, gl.SliceLayout(0, words_layout)), 0)
+    base = gl.inline_asm_elementwise(_LANE_COLUMN, "=r,r", [gl.zeros([ROWS, G, U, WORDS_PER_DOT, 4], gl.int32,
+                                                                      layout=L5)],
                                      dtype=gl.int32, is_pure=True, pack=1)  # fmt: skip
     if HAS_LORA:  # t summed once per program; the rank and scale (read now) apply after the K loop
         t_row = gl.convert_layout(gl.sum(t_parts, axis=0), gl.SliceLayout(1, lora))
@@ -103,28 +117,26 @@ def _nf4_gemv_kernel(
         slot = gl.maximum(slot, 0)
         rank = gl.where(active, gl.load(rank_ptr + slot), 0)
         lora_scale = gl.load(lora_scale_ptr + slot)
-    xw = gl.arange(0, WPS, layout=gl.SliceLayout(1, x_layout))
-    xb = gl.arange(0, 4, layout=gl.SliceLayout(0, x_layout))
-    x_offs = gl.expand_dims(xw * 4, 1) + gl.expand_dims(xb, 0)  # [WPS, 4]: pair b of word w
+    x_offs = _offsets4(G, U, WORDS_PER_DOT, 4, 16, WORDS_PER_DOT * 4, 4, 1, gl.SliceLayout(0, L5))  # pairs of words
     for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         rows = tile * ROWS + r
-        word_ptrs = q_ptr + gl.expand_dims(rows * k_words, 1) + gl.expand_dims(w, 0)  # [ROWS, WPS]
-        scale_ptrs = absmax_ptr + gl.expand_dims(rows * (K // 64), 1) + gl.expand_dims(w // 8, 0)
+        word_ptrs = q_ptr + gl.expand_dims(gl.expand_dims(gl.expand_dims(rows * k_words, 1), 2), 3) + w
+        scale_ptrs = absmax_ptr + gl.expand_dims(rows * (K // 64), 1) + gl.expand_dims(g // 2, 0)  # [ROWS, G]
         if HAS_LORA:  # the tile's B columns first: their loads overlap the first step's
             b = _lora_b(slot, active, b_ptr, tile * ROWS, N, lora_r, seg1, seg2, ROWS, BLOCK_R, NUM_SEG, R_P2, LORA_C,
                         lora)  # fmt: skip
-        acc = gl.zeros([ROWS, WPS], gl.float32, layout=words_layout)
+        acc = gl.zeros([ROWS, G], gl.float32, layout=acc_layout)
         if PREFETCH:  # each step's operands are loaded one step ahead
             words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptr + x_offs, 0)
             for k0 in range(WPS, k_words, WPS):
                 next_words, next_scale, next_xt = _step_operands(word_ptrs, scale_ptrs, x_ptr + x_offs, k0)
-                acc += _step_dots(words, xt, base) * scale
+                acc += _step_dots(words, xt, base, DOT_ASM, DOT_CONSTRAINTS) * scale
                 words, scale, xt = next_words, next_scale, next_xt
-            acc += _step_dots(words, xt, base) * scale
+            acc += _step_dots(words, xt, base, DOT_ASM, DOT_CONSTRAINTS) * scale
         else:
             for k0 in range(0, k_words, WPS):
                 words, scale, xt = _step_operands(word_ptrs, scale_ptrs, x_ptr + x_offs, k0)
-                acc += _step_dots(words, xt, base) * scale
+                acc += _step_dots(words, xt, base, DOT_ASM, DOT_CONSTRAINTS) * scale
         out = gl.sum(acc, axis=1)  # [ROWS]
         if HAS_LORA:
             c = gl.arange(0, t_row.shape[0], layout=gl.SliceLayout(1, lora))
@@ -167,9 +179,27 @@ def _lora_b(slot, active, b_ptr, row0, N, R, seg1, seg2, ROWS: gl.constexpr, BLO
 
 
 @gluon.jit
+def _offsets3(A: gl.constexpr, B: gl.constexpr, C: gl.constexpr, sa, sb, sc, layout: gl.constexpr):
+    # [A, B, C] in layout: a * sa + b * sb + c * sc
+    a = gl.arange(0, A, layout=gl.SliceLayout(1, gl.SliceLayout(2, layout)))
+    b = gl.arange(0, B, layout=gl.SliceLayout(0, gl.SliceLayout(2, layout)))
+    c = gl.arange(0, C, layout=gl.SliceLayout(0, gl.SliceLayout(1, layout)))
+    ab = gl.expand_dims(a * sa, 1) + gl.expand_dims(b * sb, 0)
+    return gl.expand_dims(ab, 2) + gl.expand_dims(gl.expand_dims(c * sc, 0), 1)
+
+
+@gluon.jit
+def _offsets4(A: gl.constexpr, B: gl.constexpr, C: gl.constexpr, D: gl.constexpr, sa, sb, sc, sd,
+              layout: gl.constexpr):  # fmt: skip
+    # [A, B, C, D] in layout: a * sa + b * sb + c * sc + d * sd
+    abc = _offsets3(A, B, C, sa, sb, sc, gl.SliceLayout(3, layout))
+    d = gl.arange(0, D, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, layout))))
+    return gl.expand_dims(abc, 3) + gl.expand_dims(gl.expand_dims(gl.expand_dims(d * sd, 0), 1), 2)
+
+
+@gluon.jit
 def _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0):
-    # the step at word k0: words [ROWS, WPS] int32, their absmax [ROWS, WPS] (one read per block and thread), x's
-    # pairs [WPS, 4]
+    # the step at word k0: words [ROWS, G, U, WPD] int32, their absmax [ROWS, G], x's pairs [G, U, WPD, 4]
     words = gl.load(word_ptrs + k0)
     scale = gl.inline_asm_elementwise(_LOAD_F32, "=r,l", [(scale_ptrs + k0 // 8).to(gl.int64, bitcast=True)],
                                       dtype=gl.float32, is_pure=True, pack=1)  # fmt: skip
@@ -177,17 +207,17 @@ def _step_operands(word_ptrs, scale_ptrs, x_ptrs, k0):
 
 
 @gluon.jit
-def _step_dots(words, xt, base):
-    # [ROWS, WPS] fp32: each word's dot product with its x pairs
+def _step_dots(words, xt, base, DOT_ASM: gl.constexpr, DOT_CONSTRAINTS: gl.constexpr):
+    # [ROWS, G] fp32: each thread's 4 words' dot product with their x pairs, in dots of words.shape[3] words
     dots = gl.inline_asm_elementwise(
-        _WORD_DOT,
-        _WORD_DOT_CONSTRAINTS,
-        [gl.expand_dims(words, 2), gl.expand_dims(xt, 0), base],
+        DOT_ASM,
+        DOT_CONSTRAINTS,
+        [gl.expand_dims(words, 4), gl.expand_dims(xt, 0), base],
         dtype=gl.float32,
         is_pure=True,
-        pack=4,
-    )  # [ROWS, WPS, 4], the word's dot in its first element
-    return gl.reduce(dots, 2, _first)
+        pack=4 * words.shape[3],
+    )  # [ROWS, G, U, WPD, 4], each dot in its first element
+    return gl.sum(gl.reduce(gl.reduce(dots, 4, _first), 3, _first), axis=2)
 
 
 def byte_table(code: torch.Tensor) -> torch.Tensor:
@@ -225,8 +255,9 @@ def nf4_matmul_gemv(
     lora_args, lora_consts = expand_args(lora, y, cfg.block_n)
     _nf4_gemv_kernel[(min(programs, num_tiles),)](
         x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, *lora_args[:5],
-        n, k, k // 8, num_tiles, *lora_args[5:],
-        ROWS=cfg.block_n, WPS=cfg.block_k // 8, L3=step_layout(rows_per_thread, lanes_per_row, cfg.num_warps),
-        WARPS=cfg.num_warps, PREFETCH=cfg.num_stages == 2, **lora_consts, num_warps=cfg.num_warps,
+        n, k, k // 8, num_tiles, *lora_args[5:], ROWS=cfg.block_n, WPS=cfg.block_k // 8,
+        L5=step_layout(rows_per_thread, lanes_per_row, cfg.num_warps, cfg.words_per_dot), WARPS=cfg.num_warps,
+        PREFETCH=cfg.num_stages == 2, WORDS_PER_DOT=cfg.words_per_dot, DOT_ASM=word_dot_asm(cfg.words_per_dot),
+        DOT_CONSTRAINTS=word_dot_constraints(cfg.words_per_dot), **lora_consts, num_warps=cfg.num_warps,
     )  # fmt: skip
     return y
