@@ -21,8 +21,6 @@ reads each tile's B columns at the tile's start; no load waits for another on th
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -40,9 +38,6 @@ THREAD_REGISTERS = 128
 _LANES = gl.constexpr(LANES)
 _TABLE_BYTES = gl.constexpr(TABLE_BYTES)
 _LOAD_F32 = gl.constexpr("ld.global.nc.f32 $0, [$1];")
-# programmatic dependent launch: wait for the kernels before this one (and their writes) to finish
-_GRID_WAIT = gl.constexpr("griddepcontrol.wait; mov.u32 $0, 0;")
-_PREFETCH_L2 = gl.constexpr("prefetch.global.L2 [$1]; mov.u32 $0, 0;")
 _LANE_COLUMN = gl.constexpr("{ .reg .b32 l; mov.u32 l, %laneid; shl.b32 $0, l, 2; }")
 
 
@@ -91,7 +86,7 @@ def _nf4_gemv_kernel(
     N, K, k_words, num_tiles, lora_r, seg1, seg2,
     ROWS: gl.constexpr, WPS: gl.constexpr, L5: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
     WORDS_PER_DOT: gl.constexpr, DOT_ASM: gl.constexpr, DOT_CONSTRAINTS: gl.constexpr, HAS_LORA: gl.constexpr, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr,
-    T_BLOCK: gl.constexpr, R_P2: gl.constexpr, PDL: gl.constexpr,
+    T_BLOCK: gl.constexpr, R_P2: gl.constexpr,
 ):  # fmt: skip
     words_layout: gl.constexpr = gl.SliceLayout(4, L5)  # [ROWS, G, U, WORDS_PER_DOT]: word (g * 4 + u * WPD + v)
     acc_layout: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, words_layout))  # [ROWS, G]
@@ -100,6 +95,8 @@ def _nf4_gemv_kernel(
     # t and B entries: segment g's rank r at g * R_P2 + r
     LORA_C: gl.constexpr = (1 if NUM_SEG == 1 else (2 if NUM_SEG == 2 else 4)) * R_P2
     lora: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, WARPS], [0, 1])  # [LORA_C, ROWS]
+    if HAS_LORA:  # the row's slot and t's partial sums: loads only, in flight while the table is written
+        slot, t_parts = _lora_loads(slot_ptr, t_ptr, lora_r, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2, LORA_C, WARPS)
     # the byte table, one column per lane: [256, 32] int32, written once per program
     fill: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [WARPS, 1], [1, 0])
     entry = gl.arange(0, _TABLE_BYTES, layout=gl.SliceLayout(1, fill))
@@ -107,17 +104,9 @@ def _nf4_gemv_kernel(
     table = gl.load(table_ptr + gl.expand_dims(entry, 1) + gl.expand_dims(lane * 0, 0))
     smem = gl.allocate_shared_memory(gl.int32, [_TABLE_BYTES, 2 * _LANES], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
     smem.slice(0, _LANES, dim=1).store(table)  # rows of 256 bytes: a byte's row offset is one prmt
+    gl.thread_barrier()  # the PTX reads below are invisible to Triton's barrier analysis
     r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc_layout))
     g = gl.arange(0, G, layout=gl.SliceLayout(0, acc_layout))
-    if PDL:  # launched before the previous kernel ends: the table and the first step's weights (never written by
-        # a kernel) load first; x and the LoRA operands only after the previous kernels are done
-        first = q_ptr + gl.expand_dims((gl.program_id(0) * ROWS + r) * k_words, 1) + gl.expand_dims(g * 4, 0)
-        gl.inline_asm_elementwise(_PREFETCH_L2, "=r,l", [first.to(gl.int64, bitcast=True)], dtype=gl.int32,
-                                  is_pure=False, pack=1)  # fmt: skip
-        gl.inline_asm_elementwise(_GRID_WAIT, "=r,r", [r], dtype=gl.int32, is_pure=False, pack=1)
-    if HAS_LORA:  # the row's slot and t's partial sums: loads only, in flight while the barrier waits
-        slot, t_parts = _lora_loads(slot_ptr, t_ptr, lora_r, BLOCK_R, NUM_SEG, T_SPLITS, T_BLOCK, R_P2, LORA_C, WARPS)
-    gl.thread_barrier()  # the PTX reads below are invisible to Triton's barrier analysis
     w = gl.expand_dims(_offsets3(G, U, WORDS_PER_DOT, 4, WORDS_PER_DOT, 1, gl.SliceLayout(0, words_layout)), 0)
     base = gl.inline_asm_elementwise(_LANE_COLUMN, "=r,r", [gl.zeros([ROWS, G, U, WORDS_PER_DOT, 4], gl.int32,
                                                                       layout=L5)],
@@ -238,12 +227,6 @@ def byte_table(code: torch.Tensor) -> torch.Tensor:
     return pairs.view(torch.int32).reshape(TABLE_BYTES)
 
 
-@functools.cache
-def dependent_launch(device: torch.device) -> bool:
-    """Whether the tile launches while the kernel before it finishes (programmatic dependent launch: sm_90+)."""
-    return torch.cuda.get_device_capability(device) >= (9, 0)
-
-
 def smem_programs(device: torch.device) -> int:
     """How many programs fit on one SM by shared memory: each table takes TABLE_SMEM bytes."""
     return torch.cuda.get_device_properties(device).shared_memory_per_multiprocessor // (TABLE_SMEM + RESERVED_SMEM)
@@ -270,13 +253,11 @@ def nf4_matmul_gemv(
     y = torch.empty((1, n), dtype=torch.float16, device=x.device)
     num_tiles = n // cfg.block_n
     lora_args, lora_consts = expand_args(lora, y, cfg.block_n)
-    pdl = dependent_launch(x.device)
     _nf4_gemv_kernel[(min(programs, num_tiles),)](
         x.view(torch.int32), qweight.reshape(-1).view(torch.int32), absmax, table, y, *lora_args[:5],
         n, k, k // 8, num_tiles, *lora_args[5:], ROWS=cfg.block_n, WPS=cfg.block_k // 8,
         L5=step_layout(rows_per_thread, lanes_per_row, cfg.num_warps, cfg.words_per_dot), WARPS=cfg.num_warps,
         PREFETCH=cfg.num_stages == 2, WORDS_PER_DOT=cfg.words_per_dot, DOT_ASM=word_dot_asm(cfg.words_per_dot),
-        DOT_CONSTRAINTS=word_dot_constraints(cfg.words_per_dot), **lora_consts, PDL=pdl, num_warps=cfg.num_warps,
-        launch_pdl=pdl,
+        DOT_CONSTRAINTS=word_dot_constraints(cfg.words_per_dot), **lora_consts, num_warps=cfg.num_warps,
     )  # fmt: skip
     return y
