@@ -133,3 +133,6 @@ def test_m_bucket_and_config_validation() -> None:
         Nf4Config(**{**gemv, "block_n": 4})
     with pytest.raises(ValueError, match="programs_per_sm"):
         Nf4Config(**{**gemv, "programs_per_sm": 0})
+    assert Nf4Config(**{**gemv, "words_per_dot": 4}).words_per_dot == 4
+    with pytest.raises(ValueError, match="words_per_dot"):
+        Nf4Config(**{**gemv, "words_per_dot": 3})

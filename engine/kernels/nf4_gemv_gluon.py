@@ -7,11 +7,12 @@ shared memory once per lane, [256 bytes, 32 lanes] int32 in rows of 256 bytes, s
 `ld.shared`, where the register table (nf4_lut.dot_program) needs about 5 integer instructions per byte. Each program
 writes the 64 KB table once, so programs are persistent: each takes row tiles pid, pid + P, ... over all of K.
 
-Layout per K step: [ROWS, WPS] packed int32 words (8 weights each), each thread 4 consecutive words of RPT rows (one
-16-byte load per row), with x's pairs as [WPS, 4] (four 16-byte loads per thread) broadcast over the rows. One PTX
-call takes a word's four bytes (the word's 4 elements along the last axis of a [ROWS, WPS, 4] tensor, pack 4) and
-returns its dot product with x in fp32 in the first element; the absmax of its 64-weight block scales it in fp32.
-PREFETCH loads each step's operands one step ahead.
+Layout per K step: packed int32 words (8 weights each), each thread 4 consecutive words of RPT rows (one 16-byte load
+per row), with their x pairs (four 16-byte loads per thread) broadcast over the rows: [ROWS, WPS / 4, 4 / n, n, 4],
+a lane's words in dots of n = WORDS_PER_DOT, a word's 4 bytes last. One PTX call (word_dot_asm) takes a dot's 4n
+bytes (pack 4n), sums their products with x on packed fp16 units and returns the sum in fp32 in its first element;
+the absmax of the 64-weight block (one per lane and row) scales it in fp32. PREFETCH loads each step's operands one
+step ahead.
 The inline PTX addresses the table through Triton's `global_smem` symbol: the table is the kernel's first shared
 allocation, at offset 0; Triton's own scratch (the LoRA reductions) goes after it. tests/test_nf4_gemv_gluon.py checks
 the results on the GPU against the reference.
