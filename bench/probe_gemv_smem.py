@@ -39,8 +39,8 @@ LIMIT = 2e-3
 def configs(n: int, k: int, sms: int, resident: int) -> list[Nf4Config]:
     """Every tile with at least one row tile per SM."""
     out = []
-    for rpt, lpr, warps, per_sm, pre, wpd in itertools.product(ROWS_PER_THREAD, LANES_PER_ROW, WARPS,
-                                                               range(1, resident + 1), PREFETCH, WORDS_PER_DOT):  # fmt: skip
+    space = (ROWS_PER_THREAD, LANES_PER_ROW, WARPS, range(1, resident + 1), PREFETCH, WORDS_PER_DOT)
+    for rpt, lpr, warps, per_sm, pre, wpd in itertools.product(*space):
         rows = rpt * (32 // lpr) * warps
         if n % rows == 0 and k % (32 * lpr) == 0 and n // rows >= sms:
             out.append(Nf4Config(1, rows, 32 * lpr, 1, use_dot=False, num_warps=warps, num_stages=2 if pre else 1,

@@ -22,6 +22,8 @@ reads each tile's B columns at the tile's start; no load waits for another on th
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -42,6 +44,7 @@ _LOAD_F32 = gl.constexpr("ld.global.nc.f32 $0, [$1];")
 _LANE_COLUMN = gl.constexpr("{ .reg .b32 l; mov.u32 l, %laneid; shl.b32 $0, l, 2; }")
 
 
+@functools.cache
 def word_dot_asm(words: int) -> str:
     """PTX for the dot product of `words` packed words with their x pairs, summed on packed fp16 units and returned
     in fp32 in the first of its 4 * words outputs. Operands past the outputs: each word's 4 copies, x's pairs of
@@ -61,13 +64,14 @@ def word_dot_asm(words: int) -> str:
     return "".join(body) + " }"
 
 
+@functools.cache
 def word_dot_constraints(words: int) -> str:
     return ",".join(["=r"] * 4 * words + ["r"] * 12 * words)
 
 
 def step_layout(rows_per_thread: int, lanes_per_row: int, warps: int, words_per_dot: int) -> gl.BlockedLayout:
-    """[ROWS, WPS // 4, 4 // G, G, 4]: each thread RPT rows x 4 words (in dots of G words) x 4 bytes,
-    `lanes_per_row` lanes along a row's words."""
+    """[ROWS, WPS // 4, 4 // n, n, 4] for n = words_per_dot: each thread RPT rows x 4 words (in dots of n words) x
+    4 bytes, `lanes_per_row` lanes along a row's words."""
     return gl.BlockedLayout(
         size_per_thread=[rows_per_thread, 1, 4 // words_per_dot, words_per_dot, 4],
         threads_per_warp=[LANES // lanes_per_row, lanes_per_row, 1, 1, 1],
@@ -86,8 +90,8 @@ def _nf4_gemv_kernel(
     x_ptr, q_ptr, absmax_ptr, table_ptr, y_ptr, t_ptr, slot_ptr, b_ptr, lora_scale_ptr, rank_ptr,
     N, K, k_words, num_tiles, lora_r, seg1, seg2,
     ROWS: gl.constexpr, WPS: gl.constexpr, L5: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
-    WORDS_PER_DOT: gl.constexpr, DOT_ASM: gl.constexpr, DOT_CONSTRAINTS: gl.constexpr, HAS_LORA: gl.constexpr, BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr,
-    T_BLOCK: gl.constexpr, R_P2: gl.constexpr,
+    WORDS_PER_DOT: gl.constexpr, DOT_ASM: gl.constexpr, DOT_CONSTRAINTS: gl.constexpr, HAS_LORA: gl.constexpr,
+    BLOCK_R: gl.constexpr, NUM_SEG: gl.constexpr, T_SPLITS: gl.constexpr, T_BLOCK: gl.constexpr, R_P2: gl.constexpr,
 ):  # fmt: skip
     words_layout: gl.constexpr = gl.SliceLayout(4, L5)  # [ROWS, G, U, WORDS_PER_DOT]: word (g * 4 + u * WPD + v)
     acc_layout: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, words_layout))  # [ROWS, G]
